@@ -1,0 +1,3 @@
+from tilesegcli.cli.main import main
+
+main()
