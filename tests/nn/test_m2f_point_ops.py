@@ -1,0 +1,78 @@
+"""Point primitives of the AFF Mask2Former head: exact kNN with the fixture tie rule, gathers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tilesegcli.nn.point_ops import (
+    gather_rows,
+    grid_positions,
+    knn,
+    knn_bruteforce,
+    point2img,
+    rel_pos_features,
+    shepard_weights,
+    weighted_gather,
+)
+
+
+def _random_tokens(g: torch.Generator, b: int, h: int, w: int, n: int) -> torch.Tensor:
+    out = []
+    for _ in range(b):
+        cells = torch.randperm(h * w, generator=g)[:n]
+        out.append(torch.stack([cells % w, cells // w], dim=1).float())
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("n,k", [(7, 4), (40, 4), (300, 9), (1000, 4), (64, 64)])
+def test_knn_equals_bruteforce_with_ties(n: int, k: int) -> None:
+    g = torch.Generator().manual_seed(n * 31 + k)
+    db = _random_tokens(g, 2, 37, 53, n)
+    for query in (grid_positions(2, (37, 53), torch.device("cpu")), db):
+        assert torch.equal(knn(query, db, k), knn_bruteforce(query, db, k))
+
+
+def test_knn_tie_goes_to_lower_index() -> None:
+    # query at (1, 1); four tokens at distance 1 listed in a scrambled order
+    db = torch.tensor([[[1.0, 2.0], [0.0, 1.0], [5.0, 5.0], [2.0, 1.0], [1.0, 0.0]]])
+    q = torch.tensor([[[1.0, 1.0]]])
+    assert knn(q, db, 2).tolist() == [[[0, 1]]]
+    assert knn(q, db, 4).tolist() == [[[0, 1, 3, 4]]]
+
+
+def test_knn_non_integer_falls_back_exactly() -> None:
+    g = torch.Generator().manual_seed(3)
+    db = torch.rand(1, 50, 2, generator=g) * 10
+    q = torch.rand(1, 20, 2, generator=g) * 10
+    assert torch.equal(knn(q, db, 5), knn_bruteforce(q, db, 5))
+
+
+def test_weighted_gather_matches_dense() -> None:
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(2, 30, 5, generator=g)
+    idx = torch.randint(0, 30, (2, 11, 4), generator=g)
+    w = torch.rand(2, 11, 4, generator=g)
+    dense = (gather_rows(feat, idx) * w[..., None]).sum(2)
+    torch.testing.assert_close(weighted_gather(feat, idx, w), dense)
+
+
+def test_shepard_exact_point_dominates() -> None:
+    q = torch.tensor([[[2.0, 3.0]]])
+    nb = torch.tensor([[[[2.0, 3.0], [3.0, 3.0], [0.0, 0.0], [2.0, 4.0]]]])
+    w = shepard_weights(q, nb, 3)
+    assert w[0, 0, 0] > 1 - 1e-6 and torch.allclose(w.sum(-1), torch.ones(1, 1))
+
+
+def test_rel_pos_features_rows() -> None:
+    rel = torch.tensor([[3.0, -4.0], [0.0, 0.0], [900.0, 0.0]])
+    f = rel_pos_features(rel)
+    torch.testing.assert_close(f[0], torch.tensor([3.0, -4.0, 5.0, -0.8, 0.6]))
+    assert torch.equal(f[1], torch.zeros(5))
+    assert f[2, 0] == 511 and f[2, 2] == 511  # clamped like the official table
+
+
+def test_point2img_places_tokens() -> None:
+    pos = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    img = point2img(torch.tensor([[[5.0, 7.0]]]), pos, (2, 2))
+    assert img.tolist() == [[[[0.0, 5.0], [7.0, 0.0]]]]
