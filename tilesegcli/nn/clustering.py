@@ -1,0 +1,278 @@
+"""Point-set geometry of the AutoFocusFormer: exact k-nearest-neighbour search and balanced clustering.
+
+This module owns the discrete decisions of the backbone, each following the official code's rules:
+
+* `knn`: k nearest database points of every query point, squared Euclidean distances computed exactly
+  in float64 from float32 coordinates, ties broken toward the LOWER database index. Large problems use
+  a spatially local search on a uniform cell grid whose result is provably identical to brute force
+  (a query's answer is accepted only when every point outside its searched window is strictly farther
+  than its k-th neighbour); the remaining queries fall back to chunked brute force.
+* `space_filling_cluster`: the official serpentine-anchor balanced clustering (float32 arithmetic as
+  the official code, stable sort), returning the permutation that groups each cluster's tokens.
+* `cluster_neighbourhood`: each token's neighbourhood = members of its nnc nearest cluster means.
+
+Nothing here keeps state between calls, and nothing needs gradients (all outputs are indices/masks).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Brute force is used when queries x database is at most this many pairs (per image).
+_BRUTE_PAIRS = 1 << 21
+# Pairs materialised at once by the chunked searches.
+_CHUNK_PAIRS = 1 << 22
+
+
+def _sq_dist(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """Exact float64 squared distances between q (..., 2) and d (..., 2) (broadcast)."""
+    diff = q.double() - d.double()
+    return diff[..., 0] * diff[..., 0] + diff[..., 1] * diff[..., 1]
+
+
+def _topk_rows(d2: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the k smallest d2 with ties -> lower idx. Rows are candidate lists (inf = padding)."""
+    order = torch.sort(idx, dim=1, stable=True)[1]
+    idx = idx.gather(1, order)
+    d2 = d2.gather(1, order)
+    order = torch.sort(d2, dim=1, stable=True)[1][:, :k]
+    return idx.gather(1, order), d2.gather(1, order)
+
+
+def _brute_one(query: torch.Tensor, db: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked brute-force knn of one image: query (nq, 2), db (nd, 2)."""
+    nq, nd = query.shape[0], db.shape[0]
+    out_i = torch.empty(nq, k, dtype=torch.long, device=query.device)
+    out_d = torch.empty(nq, k, dtype=torch.float64, device=query.device)
+    step = max(1, _CHUNK_PAIRS // max(nd, 1))
+    base = torch.arange(nd, device=query.device)
+    for s in range(0, nq, step):
+        d2 = _sq_dist(query[s : s + step, None, :], db[None, :, :])
+        order = torch.sort(d2, dim=1, stable=True)[1][:, :k]  # stable: equal distance -> lower index
+        out_i[s : s + step] = base[order]
+        out_d[s : s + step] = d2.gather(1, order)
+    return out_i, out_d
+
+
+def _local_one(query: torch.Tensor, db: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact knn of one image through a uniform cell grid (3x3 window), brute force for the rest."""
+    dev = query.device
+    nq, nd = query.shape[0], db.shape[0]
+    lo = torch.minimum(query.min(0).values, db.min(0).values).double()
+    hi = torch.maximum(query.max(0).values, db.max(0).values).double()
+    span = (hi - lo).clamp_min(1.0)
+    area = float(span[0] * span[1])
+    # Cell side so that the k-th neighbour is usually within one cell: about 2.2 k points per cell.
+    cell = max(math.sqrt(area * 2.2 * k / nd), 1e-6)
+    ncx = int(float(span[0]) // cell) + 1
+    ncy = int(float(span[1]) // cell) + 1
+
+    def cell_of(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c = ((p.double() - lo) / cell).floor().long()
+        return c[:, 0].clamp(0, ncx - 1), c[:, 1].clamp(0, ncy - 1)
+
+    dcx, dcy = cell_of(db)
+    dcell = dcy * ncx + dcx
+    dperm = torch.sort(dcell, stable=True)[1]  # within a cell: ascending db index
+    counts = torch.bincount(dcell, minlength=ncx * ncy)
+    starts = torch.cumsum(counts, 0) - counts
+    maxcell = int(counts.max())
+
+    qcx, qcy = cell_of(query)
+    offs = torch.tensor([(ox, oy) for oy in (-1, 0, 1) for ox in (-1, 0, 1)], device=dev)
+    # Distance from each query to the window border; a side on the grid border has nothing beyond it.
+    qd = query.double()
+    left = torch.where(qcx > 1, qd[:, 0] - (lo[0] + (qcx - 1).double() * cell), math.inf)
+    right = torch.where(qcx < ncx - 2, (lo[0] + (qcx + 2).double() * cell) - qd[:, 0], math.inf)
+    top = torch.where(qcy > 1, qd[:, 1] - (lo[1] + (qcy - 1).double() * cell), math.inf)
+    bottom = torch.where(qcy < ncy - 2, (lo[1] + (qcy + 2).double() * cell) - qd[:, 1], math.inf)
+    # A small margin absorbs float64 rounding between the cell assignment and these borders.
+    bound = (torch.stack([left, right, top, bottom], 1).min(1).values - 1e-6).clamp_min(0.0)
+    bound2 = bound * bound
+
+    out_i = torch.empty(nq, k, dtype=torch.long, device=dev)
+    out_d = torch.empty(nq, k, dtype=torch.float64, device=dev)
+    ok = torch.zeros(nq, dtype=torch.bool, device=dev)
+    width = 9 * maxcell
+    step = max(1, _CHUNK_PAIRS // max(width, 1))
+    slot = torch.arange(maxcell, device=dev)
+    for s in range(0, nq, step):
+        cx = qcx[s : s + step, None] + offs[None, :, 0]
+        cy = qcy[s : s + step, None] + offs[None, :, 1]
+        inside = (cx >= 0) & (cx < ncx) & (cy >= 0) & (cy < ncy)
+        cid = (cy.clamp(0, ncy - 1) * ncx + cx.clamp(0, ncx - 1))
+        cnt = torch.where(inside, counts[cid], 0)  # (c, 9)
+        pos_in = starts[cid][..., None] + slot  # (c, 9, maxcell)
+        valid = slot < cnt[..., None]
+        cand = dperm[pos_in.clamp(max=nd - 1)]
+        cand = torch.where(valid, cand, nd).reshape(cand.shape[0], width)
+        d2 = _sq_dist(query[s : s + step, None, :], db[cand.clamp(max=nd - 1)])
+        d2 = torch.where(cand < nd, d2, math.inf)
+        idx_k, d2_k = _topk_rows(d2, cand, k)
+        good = torch.isfinite(d2_k[:, -1]) & (d2_k[:, -1] < bound2[s : s + step])
+        out_i[s : s + step] = idx_k
+        out_d[s : s + step] = d2_k
+        ok[s : s + step] = good
+    bad = (~ok).nonzero().squeeze(1)
+    if bad.numel():
+        bi, bd = _brute_one(query[bad], db, k)
+        out_i[bad] = bi
+        out_d[bad] = bd
+    return out_i, out_d
+
+
+def knn(
+    query: torch.Tensor, database: torch.Tensor, k: int, *, force: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """k nearest `database` points of every `query` point, per image.
+
+    query (B, Nq, 2), database (B, Nd, 2) -> (idx (B, Nq, k) int64, squared distance (B, Nq, k) float64),
+    ascending distance, ties -> lower database index. Coordinates are cast to float32 first (as the
+    official keops search does). `force` = "brute" or "local" selects a path (tests); default automatic.
+    """
+    if k > database.shape[1]:
+        raise ValueError(f"knn: k={k} > database size {database.shape[1]}")
+    with torch.no_grad():
+        q32 = query.detach().float()
+        d32 = database.detach().float()
+        outs_i, outs_d = [], []
+        for b in range(q32.shape[0]):
+            small = q32.shape[1] * d32.shape[1] <= _BRUTE_PAIRS
+            use_brute = force == "brute" or (force is None and small)
+            fn = _brute_one if use_brute else _local_one
+            i, d = fn(q32[b], d32[b], k)
+            outs_i.append(i)
+            outs_d.append(d)
+        return torch.stack(outs_i), torch.stack(outs_d)
+
+
+def space_filling_cluster(
+    pos: torch.Tensor, cluster_size: int, h: int, w: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Official balanced clustering on serpentine space-filling anchors (stable sort).
+
+    pos (B, n, 2) float positions; h, w: the stride-4 canvas. Returns
+    (order (B, n) int64: new token j is old token order[j]; cluster_mean (B, k, 2) float32 of the
+    reordered tokens; cluster_mask (B, k, m) float32 with 0 at padding slots, or None if n % m == 0).
+    Clusters are consecutive runs of `cluster_size` tokens in the new order.
+    """
+    with torch.no_grad():
+        p = pos.detach().float()
+        b, n, _ = p.shape
+        m = cluster_size
+        k = int(math.ceil(n / m))
+        patch_len = (h * w / k) ** 0.5
+        nph = max(1, int(round(h / patch_len)))
+        npw = max(1, int(round(w / patch_len)))
+        plhw = torch.tensor([w / npw, h / nph], dtype=torch.float32, device=p.device)
+
+        gy, gx = torch.meshgrid(
+            torch.arange(nph, device=p.device), torch.arange(npw, device=p.device), indexing="ij"
+        )
+        key = torch.where(gy % 2 == 1, gy * w + (w - 1 - gx), gy * w + gx).reshape(-1)
+        anchor_order = torch.sort(key)[1]  # keys are distinct
+        rank_of_cell = torch.empty_like(anchor_order)
+        rank_of_cell[anchor_order] = torch.arange(anchor_order.numel(), device=p.device)
+        grid = torch.stack([gx, gy], 2).reshape(-1, 2)[anchor_order]
+        centres = grid * plhw + plhw / 2 - 0.5
+        nump = centres.shape[0]
+        prev = torch.empty_like(centres)
+        nxt = torch.empty_like(centres)
+        if nump >= 2:
+            prev[1:] = centres[:-1]
+            prev[0] = centres[0] - (centres[1] - centres[0])
+            nxt[:-1] = centres[1:]
+            nxt[-1] = centres[-1] + (centres[-1] - centres[-2])
+        else:  # one anchor: the official code cannot run here; any constant ratio keeps order stable
+            prev[:] = centres
+            nxt[:] = centres
+
+        cell = (p / plhw).floor().long()
+        cell_id = cell[..., 0].clamp(0, npw - 1) + cell[..., 1].clamp(0, nph - 1) * npw
+        rank = rank_of_cell[cell_id]  # (b, n)
+        d_prev = (p - prev[rank]).pow(2).sum(-1)
+        d_next = (p - nxt[rank]).pow(2).sum(-1)
+        ratio = d_prev / (d_next + 1e-5)
+        sort_key = rank.unsqueeze(2) * (ratio.max() + 1) + ratio.unsqueeze(2)  # float32, as official
+        order = torch.sort(sort_key.squeeze(2), dim=1, stable=True)[1]
+
+        p_sorted = p.gather(1, order.unsqueeze(2).expand(-1, -1, 2))
+        if k * m == n:
+            return order, p_sorted.reshape(b, k, m, 2).mean(2), None
+        pad = torch.zeros(b, k * m, 2, dtype=p.dtype, device=p.device)
+        pad[:, :n] = p_sorted
+        mask = torch.zeros(b, k * m, device=p.device, dtype=torch.long)
+        mask[:, :n] = 1
+        mask = mask.reshape(b, k, m)
+        mean = pad.reshape(b, k, m, 2).sum(2) / mask.sum(2, keepdim=True)
+        return order, mean, mask.float()
+
+
+def cluster_neighbourhood(
+    pos: torch.Tensor, cluster_mean: torch.Tensor, cluster_mask: torch.Tensor | None,
+    cluster_size: int, nnc: int,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Neighbourhood of every (already reordered) token: members of its nnc nearest clusters.
+
+    Returns member_idx (B, n, nnc*m) int64 (padding slots point at token 0) and mask (B, n, nnc*m)
+    float (0 = padding) or None when no cluster has padding.
+    """
+    b, n, _ = pos.shape
+    m = cluster_size
+    nearest, _ = knn(pos, cluster_mean, nnc)  # (b, n, nnc)
+    slots = (nearest.unsqueeze(3) * m + torch.arange(m, device=pos.device)).reshape(b, n, nnc * m)
+    member_idx = torch.where(slots < n, slots, torch.zeros_like(slots))
+    if cluster_mask is None:
+        return member_idx, None
+    return member_idx, (slots < n).to(pos.dtype if pos.is_floating_point() else torch.float32)
+
+
+def grid_prior(pos: torch.Tensor, stride: int) -> torch.Tensor:
+    """Official grid prior of the downsampling (B, n) float: 1 on the adaptive grid, else 0.
+
+    stride 2: both coordinates even. stride >= 4: d = distance to the nearest other token of the
+    image, a = 2^(ceil(log2 d) + 1) (float32, as the official code), 1 where x % a == 0 and y % a == 0.
+    """
+    with torch.no_grad():
+        p = pos.detach().long()
+        if stride == 2:
+            return ((p % 2) == 0).all(-1).float()
+        _, d2 = knn(pos, pos, 2)
+        dist = torch.sqrt(d2[..., 1].float())
+        ada = (2 ** (dist.log2().ceil() + 1)).long().clamp_min(1)
+        return ((p % ada.unsqueeze(2)) == 0).all(-1).float()
+
+
+def choose_centres(
+    pos: torch.Tensor, importance: torch.Tensor, *, stride: int, keep: int, alpha: float,
+    reserve_on: bool, reserve_num: int,
+) -> torch.Tensor:
+    """Indices (B, keep) of the downsampling centres, in the new token order.
+
+    score = grid prior + alpha * importance (detached); reserve tokens (x % 2s == y % 2s == 0) get
+    -100 and are appended after the top (keep - reserve_num) others. Top-k ties go to the lower
+    index and the picked tokens are listed in ascending index order, then the reserve tokens
+    ascending (the fixture's rule; the official `topk(sorted=False)` order is unspecified).
+    """
+    with torch.no_grad():
+        b, n, _ = pos.shape
+        score = grid_prior(pos, stride) + importance.detach().reshape(b, n).float() * alpha
+        if not reserve_on:
+            top = torch.sort(score, dim=1, descending=True, stable=True)[1][:, :keep]
+            return torch.sort(top, dim=1)[0]
+        p = pos.detach().long()
+        reserve = ((p % (2 * stride)) == 0).all(-1)
+        counts = reserve.sum(1)
+        if bool((counts != reserve_num).any()):
+            raise ValueError(
+                f"reserve tokens per image {counts.tolist()} != expected {reserve_num}; "
+                "all images of a batch must share one padded size"
+            )
+        score = score + reserve.float() * (-100)
+        sample_num = max(keep - reserve_num, 0)
+        top = torch.sort(score, dim=1, descending=True, stable=True)[1][:, :sample_num]
+        top = torch.sort(top, dim=1)[0]
+        reserve_idx = reserve.nonzero()[:, 1].reshape(b, reserve_num)  # ascending per row
+        return torch.cat([top, reserve_idx], dim=1)
