@@ -64,3 +64,46 @@ def test_pixel_decoder_matches_official(seg: dict, backbone_out) -> None:
         ref = _official_order(io, name, dbg["multi_scale_features"][i])
         assert _max_frac(out.multi_scale_features[i], ref) < 0.002
         assert (out.multi_scale_features[i] - ref).abs().median() < 1e-5
+
+
+def _check_predictions(out: dict, io: dict) -> None:
+    torch.testing.assert_close(out["pred_logits"], io["pred_logits"], **TOL)
+    torch.testing.assert_close(out["pred_masks"], io["pred_masks"], **TOL)
+    assert len(out["aux_outputs"]) == len(io["aux_pred_logits"])
+    for a, lg, mk in zip(out["aux_outputs"], io["aux_pred_logits"], io["aux_pred_masks"], strict=True):
+        torch.testing.assert_close(a["pred_logits"], lg, **TOL)
+        torch.testing.assert_close(a["pred_masks"], mk, **TOL)
+
+
+def test_transformer_decoder_matches_official(seg: dict, backbone_out) -> None:
+    """Decoder alone, fed the official pixel-decoder intermediates."""
+    from tilesegcli.nn.m2f_decoder import MultiScaleMaskedTransformerDecoder
+
+    io, dbg = seg["io"], seg["dbg"]
+    dec = MultiScaleMaskedTransformerDecoder(32, num_classes=3, hidden_dim=32, num_queries=12,
+                                             nheads=2, dim_feedforward=64, dec_layers=4,
+                                             mask_dim=32)
+    dec.load_state_dict(_sub(seg["sd"], "sem_seg_head.predictor."), strict=True)
+    dec.eval()
+    names = ("res5", "res4", "res3")
+    feats = [_official_order(io, n, dbg["multi_scale_features"][i]) for i, n in enumerate(names)]
+    poss = [backbone_out.levels[n].pos for n in names]
+    mpos = backbone_out.levels["res2"].pos
+    with torch.no_grad():
+        out = dec(feats, poss, _official_order(io, "res2", dbg["mask_features"]), mpos,
+                  backbone_out.canvas_hw)
+    _check_predictions(out, io)
+
+
+def test_head_matches_official(seg: dict, backbone_out) -> None:
+    """Pixel decoder + transformer decoder from the stored backbone tokens."""
+    from tilesegcli.nn.aff_m2f import AFFMask2FormerHead
+
+    head = AFFMask2FormerHead(SMALL, num_classes=3, num_queries=12, conv_dim=32, mask_dim=32,
+                              hidden_dim=32, nheads=2, dim_feedforward=64, enc_layers=2,
+                              dec_layers=4)
+    head.load_state_dict(_sub(seg["sd"], "sem_seg_head."), strict=True)
+    head.eval()
+    with torch.no_grad():
+        out = head(backbone_out)
+    _check_predictions(out, seg["io"])

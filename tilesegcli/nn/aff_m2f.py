@@ -1,0 +1,234 @@
+"""AFF-Mask2Former: AutoFocusFormer backbone + point-cloud Mask2Former head, builders and loader.
+
+Owns: ``AFFMask2FormerHead`` (pixel decoder + masked-attention decoder, official
+``sem_seg_head.*`` key names), ``AFFMask2Former`` (backbone + head; images -> predictions),
+``build_aff_m2f`` (explicit keyword arguments, with ``HEAD_PRESETS`` for the official ADE20K /
+Cityscapes / COCO configs and the fixture's tiny config) and ``load_official_checkpoint``
+(strict loading of detectron2 files ``{'model': ...}`` with ``backbone.`` / ``sem_seg_head.``
+prefixes, ignoring only named non-model keys).
+
+The backbone comes from ``tilesegcli.nn.aff`` (engineer A): any module whose forward maps
+(B, 3, H, W) normalised images to a ``BackboneOutput`` works.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tilesegcli.errors import WeightsError
+from tilesegcli.nn.m2f_decoder import MultiScaleMaskedTransformerDecoder
+from tilesegcli.nn.pixel_decoder import MSDeformAttnPixelDecoder
+from tilesegcli.nn.types import BackboneOutput
+
+#: detectron2 PIXEL_MEAN / PIXEL_STD (RGB, 0-255 scale) used by every official SEG config.
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+#: Keys of official files that are not model parameters and are skipped on load.
+IGNORED_CHECKPOINT_KEYS = frozenset({"criterion.empty_weight", "pixel_mean", "pixel_std"})
+
+#: Stage widths of the official backbones (AFF-REFERENCE §1.1).
+BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
+    "aff_mini": (32, 128, 256, 384),
+    "aff_mini_1_5th": (32, 128, 256, 384),
+    "aff_tiny": (64, 128, 256, 512),
+    "aff_tiny_1_5th": (64, 128, 256, 512),
+    "aff_small": (96, 192, 384, 768),
+    "aff_small_1_5th": (96, 192, 384, 768),
+    "aff_base": (128, 256, 512, 1024),
+    "aff_base_22kto1k_384": (128, 256, 512, 1024),
+}
+
+_HEAD_COMMON: dict[str, Any] = dict(
+    num_queries=100, hidden_dim=256, conv_dim=256, mask_dim=256, nheads=8,
+    dim_feedforward=2048, enc_layers=6, dec_layers=10,
+    shepard_power=6.0, shepard_power_learnable=True,
+)
+
+#: Official head configs (AFF-REFERENCE §3.4) plus the golden fixture's tiny head.
+#: ``alpha`` is the backbone's downsampling importance weight used with that head.
+HEAD_PRESETS: dict[str, dict[str, Any]] = {
+    "ade20k_semantic": {**_HEAD_COMMON, "num_classes": 150, "alpha": 4.0},
+    "cityscapes_instance": {**_HEAD_COMMON, "num_classes": 8, "alpha": 8.0},
+    "cityscapes_panoptic": {**_HEAD_COMMON, "num_classes": 19, "alpha": 8.0},
+    "coco_instance": {**_HEAD_COMMON, "num_classes": 80, "alpha": 4.0,
+                      "shepard_power": 4.0, "shepard_power_learnable": False},
+    "fixture": dict(num_classes=3, num_queries=12, hidden_dim=32, conv_dim=32, mask_dim=32,
+                    nheads=2, dim_feedforward=64, enc_layers=2, dec_layers=4,
+                    shepard_power=6.0, shepard_power_learnable=True, alpha=4.0),
+}
+# Cityscapes AFF-Base uses 250 queries (and 250 detections per image).
+
+
+class AFFMask2FormerHead(nn.Module):
+    """``sem_seg_head``: BackboneOutput -> {pred_logits, pred_masks, aux_outputs}."""
+
+    def __init__(
+        self,
+        in_channels: dict[str, int],
+        *,
+        num_classes: int,
+        num_queries: int = 100,
+        conv_dim: int = 256,
+        mask_dim: int = 256,
+        hidden_dim: int = 256,
+        nheads: int = 8,
+        dim_feedforward: int = 2048,
+        enc_layers: int = 6,
+        dec_layers: int = 10,
+        shepard_power: float = 6.0,
+        shepard_power_learnable: bool = True,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.pixel_decoder = MSDeformAttnPixelDecoder(
+            in_channels, conv_dim=conv_dim, mask_dim=mask_dim, nheads=nheads,
+            enc_layers=enc_layers, shepard_power=shepard_power,
+            shepard_power_learnable=shepard_power_learnable,
+        )
+        self.predictor = MultiScaleMaskedTransformerDecoder(
+            conv_dim, num_classes=num_classes, hidden_dim=hidden_dim, num_queries=num_queries,
+            nheads=nheads, dim_feedforward=dim_feedforward, dec_layers=dec_layers,
+            mask_dim=mask_dim,
+        )
+
+    def forward(self, feats: BackboneOutput) -> dict:
+        pd = self.pixel_decoder(feats)
+        return self.predictor(pd.multi_scale_features, pd.multi_scale_pos, pd.mask_features,
+                              pd.mask_pos, pd.canvas_hw)
+
+
+class AFFMask2Former(nn.Module):
+    """Backbone + head. forward(images (B, 3, H, W) normalised float) ->
+    pred_logits (B, Q, K+1), pred_masks (B, Q, ceil(H/4), ceil(W/4)) mask logits,
+    aux_outputs [{pred_logits, pred_masks}] * (dec_layers - 1)."""
+
+    def __init__(self, backbone: nn.Module, sem_seg_head: AFFMask2FormerHead) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.sem_seg_head = sem_seg_head
+        self.num_classes = sem_seg_head.num_classes
+        self.pixel_mean = PIXEL_MEAN
+        self.pixel_std = PIXEL_STD
+
+    def forward(self, images: torch.Tensor) -> dict:
+        return self.sem_seg_head(self.backbone(images))
+
+    def normalize(self, rgb_uint8: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 RGB -> the normalised float input of ``forward``."""
+        mean = torch.tensor(self.pixel_mean, device=rgb_uint8.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.pixel_std, device=rgb_uint8.device).view(1, 3, 1, 1)
+        return (rgb_uint8.float() - mean) / std
+
+
+def _backbone_channels(backbone: nn.Module, name: str) -> dict[str, int]:
+    for attr in ("out_channels", "embed_dim", "embed_dims", "num_features"):
+        v = getattr(backbone, attr, None)
+        if isinstance(v, dict):
+            return {k: int(v[k]) for k in ("res2", "res3", "res4", "res5")}
+        if isinstance(v, list | tuple) and len(v) == 4:
+            return {f"res{i + 2}": int(c) for i, c in enumerate(v)}
+    if name in BACKBONE_CHANNELS:
+        return {f"res{i + 2}": c for i, c in enumerate(BACKBONE_CHANNELS[name])}
+    raise ValueError(f"cannot tell the stage widths of backbone {name!r}")
+
+
+def build_aff_m2f(
+    backbone: str | nn.Module,
+    *,
+    num_classes: int,
+    num_queries: int = 100,
+    hidden_dim: int = 256,
+    conv_dim: int = 256,
+    mask_dim: int = 256,
+    nheads: int = 8,
+    dim_feedforward: int = 2048,
+    enc_layers: int = 6,
+    dec_layers: int = 10,
+    shepard_power: float = 6.0,
+    shepard_power_learnable: bool = True,
+    alpha: float | None = None,
+    backbone_kwargs: dict[str, Any] | None = None,
+) -> AFFMask2Former:
+    """Build backbone (``tilesegcli.nn.aff.build_aff(name, variant="seg", ...)``) + head.
+
+    ``backbone`` may also be an already built module returning ``BackboneOutput``.
+    ``alpha`` (downsampling importance weight: 4 for ADE20K/COCO, 8 for Cityscapes) and any
+    ``backbone_kwargs`` are passed to the backbone builder. Defaults = official head config.
+    """
+    if isinstance(backbone, str):
+        from tilesegcli.nn.aff import build_aff
+
+        kw = dict(backbone_kwargs or {})
+        if alpha is not None:
+            kw["alpha"] = alpha
+        name = backbone
+        bb = build_aff(backbone, variant="seg", **kw)
+    else:
+        name, bb = type(backbone).__name__, backbone
+    head = AFFMask2FormerHead(
+        _backbone_channels(bb, name), num_classes=num_classes, num_queries=num_queries,
+        conv_dim=conv_dim, mask_dim=mask_dim, hidden_dim=hidden_dim, nheads=nheads,
+        dim_feedforward=dim_feedforward, enc_layers=enc_layers, dec_layers=dec_layers,
+        shepard_power=shepard_power, shepard_power_learnable=shepard_power_learnable,
+    )
+    return AFFMask2Former(bb, head)
+
+
+def build_aff_m2f_preset(backbone: str | nn.Module, preset: str, **overrides: Any) -> AFFMask2Former:
+    """``build_aff_m2f`` with a ``HEAD_PRESETS`` entry (e.g. "ade20k_semantic") and overrides."""
+    if preset not in HEAD_PRESETS:
+        raise ValueError(f"unknown head preset {preset!r}; known: {sorted(HEAD_PRESETS)}")
+    return build_aff_m2f(backbone, **{**HEAD_PRESETS[preset], **overrides})
+
+
+def checkpoint_filter_fn(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Official detectron2 file contents -> our state dict (same key names, non-model keys out)."""
+    sd = state.get("model", state) if isinstance(state, dict) else state
+    if not isinstance(sd, dict):
+        raise WeightsError("checkpoint holds no state dict ('model' entry)")
+    out = {}
+    for k, v in sd.items():
+        k = k[len("module."):] if k.startswith("module.") else k
+        if k in IGNORED_CHECKPOINT_KEYS:
+            continue
+        if not isinstance(v, torch.Tensor):
+            raise WeightsError(f"checkpoint entry {k!r} is not a tensor")
+        out[k] = v
+    return out
+
+
+def load_official_checkpoint(model: AFFMask2Former, path: str | Path) -> AFFMask2Former:
+    """Load an official AFF-Mask2Former checkpoint strictly (weights_only=True); returns model.
+
+    Accepts ``{'model': sd, ...trainer state...}`` or a bare state dict. Raises ``WeightsError``
+    with a one-line message when the file is unreadable/unsafe or keys/shapes do not match.
+    """
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise WeightsError(f"checkpoint not found: {path}") from e
+    except Exception as e:  # unpickling refused, truncated file, not a torch file
+        raise WeightsError(f"cannot load checkpoint {path}: {type(e).__name__}: {e}") from e
+    sd = checkpoint_filter_fn(state)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise WeightsError(
+            f"checkpoint {path} does not fit the model: {len(missing)} missing "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    bad = [k for k, v in sd.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        k = bad[0]
+        raise WeightsError(
+            f"checkpoint {path}: {len(bad)} shape mismatches, e.g. {k}: "
+            f"{tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        )
+    model.load_state_dict(sd, strict=True)
+    return model
