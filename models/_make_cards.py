@@ -95,7 +95,7 @@ def seg_card(variant: str, tag: str) -> dict:
         note = (" The official README links the Cityscapes *panoptic* Base file for instance "
                 "segmentation too (possibly a README error); this card runs that 19-class "
                 "panoptic model in instance mode and keeps only the 8 thing classes.")
-    ds_rate = 0.2 if fifth else 0.25
+    ds_rate = 0.2 if fifth else 0.25  # fname doubles as the backbone's registry name
     score = d["scores"].get(variant)
     card = {
         "format": 1,
@@ -107,12 +107,12 @@ def seg_card(variant: str, tag: str) -> dict:
             + f". {NOMINAL}{note}"),
         "task": task,
         "architecture": {
-            "backbone": f"aff_{size}",
+            "backbone": fname,
             "backbone_kwargs": {**SIZES[size], "alpha": d["alpha"], "ds_rate": ds_rate},
             "head": "mask2former",
             "head_kwargs": {
                 "num_classes": head_classes, "num_queries": queries, "hidden_dim": 256,
-                "nheads": 8, "dim_feedforward": 2048, "decoder_layers": 9, "encoder_layers": 6,
+                "nheads": 8, "dim_feedforward": 2048, "dec_layers": 10, "enc_layers": 6,
                 "conv_dim": 256, "mask_dim": 256, "shepard_power": d["shepard"][0],
                 "shepard_power_learnable": d["shepard"][1]},
         },
