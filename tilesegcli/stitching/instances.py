@@ -1,0 +1,306 @@
+"""Exactly-once instance stitching: per-tile instance label images -> one global object stream.
+
+Tiles arrive in row-major order (missing tiles, e.g. background skipped by a tissue mask, are
+simply absent). For each instance a tile reports, from its bounding box alone:
+
+* **cut**: it touches a side of the tile's read window that lies inside the image, so the tile did
+  not see it whole.
+* **interior**: not cut and its bbox lies inside the tile's core. Cores partition the image, so no
+  other tile's core holds any of its pixels: it is emitted at once ("owned", ``merged=False``).
+* **seam view**: its bbox meets the core but is not interior. It goes to a small pool together with
+  its full polygon and its core crop (polygon ∩ core).
+* anything else (bbox outside the core) is dropped: the tile whose core holds it reports it.
+
+Seam views of neighbouring tiles are matched by geometry: two views are the same object when
+their polygons overlap by at least ``match_iomin`` of the smaller one *inside the region both
+tiles saw* (intersection of the read windows); with zero overlap, two cut views sharing a border
+edge match. Matches are joined with a union-find. When no later tile can reach a group (its bbox
+ends above the next tile row's window) it is resolved:
+
+* some view is uncut -> a tile saw the object whole: emit that view (prefer the tile whose core
+  holds the bbox centre, then the largest core share). ``merged=False``.
+* every view is cut (object larger than the overlap) -> emit the union of the core crops. Core
+  crops partition the object, so the union is exact and seam-free. ``merged=True``.
+  Class = class with the largest summed core-crop area; score = core-crop-area-weighted mean.
+* a lone uncut view whose bbox centre is in another tile's core is a duplicate (that tile owns it).
+
+Memory holds only pending seam views of about one tile row, never the finished objects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tilesegcli.stitching.types import StitchedObject, StitchStats
+from tilesegcli.vectorize import labels_to_geometries, make_valid_polygonal
+
+if TYPE_CHECKING:
+    from shapely.geometry.base import BaseGeometry
+
+    from tilesegcli.segmenter import TileResult
+    from tilesegcli.specs import GridSpec, TileSpec
+
+
+@dataclass
+class _View:
+    uid: int
+    tile: int
+    row: int
+    col: int
+    geom: BaseGeometry  # what the tile saw, clipped to the image (working px)
+    crop: BaseGeometry  # geom ∩ core(tile)
+    window: tuple[int, int, int, int]  # read window clipped to the image (x0, y0, x1, y1)
+    ymax: int  # bbox bottom (exclusive)
+    cut: bool
+    anchored: bool  # bbox centre lies in this tile's core
+    class_id: int
+    score: float
+
+
+def _window(grid: GridSpec, spec: TileSpec) -> tuple[int, int, int, int]:
+    return (spec.x, spec.y, min(spec.x + spec.w, grid.width), min(spec.y + spec.h, grid.height))
+
+
+class _SeamPool:
+    """Pending seam views, matched across neighbouring tiles with a union-find."""
+
+    def __init__(self, grid: GridSpec, match_iomin: float) -> None:
+        self.grid = grid
+        self.iomin = match_iomin
+        self.reach = max(1, math.ceil(grid.tile_px / grid.stride_px) - 1)
+        self.views: dict[int, _View] = {}
+        self.by_tile: dict[int, list[int]] = {}
+        self.parent: dict[int, int] = {}
+
+    def _find(self, u: int) -> int:
+        p = self.parent
+        while p[u] != u:
+            p[u] = p[p[u]]
+            u = p[u]
+        return u
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self._find(a), self._find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def add(self, spec: TileSpec, views: list[_View]) -> None:
+        if not views:
+            return
+        import shapely
+
+        old: list[_View] = []
+        for dr in range(-self.reach, 1):
+            for dc in range(-self.reach, self.reach + 1):
+                r, c = spec.row + dr, spec.col + dc
+                if (dr == 0 and dc >= 0) or not (0 <= c < self.grid.cols) or r < 0:
+                    continue
+                old.extend(self.views[u] for u in self.by_tile.get(r * self.grid.cols + c, ()))
+        for v in views:
+            self.views[v.uid] = v
+            self.parent[v.uid] = v.uid
+            self.by_tile.setdefault(v.tile, []).append(v.uid)
+        if not old:
+            return
+        tree = shapely.STRtree([v.geom for v in old])
+        qi, ti = tree.query([v.geom for v in views], predicate="intersects")
+        if len(qi) == 0:
+            return
+        a = np.array([views[i].geom for i in qi], dtype=object)
+        b = np.array([old[j].geom for j in ti], dtype=object)
+        inter = shapely.intersection(a, b)
+        inter_area = shapely.area(inter)
+        wa = np.array([views[i].window for i in qi])
+        wb = np.array([old[j].window for j in ti])
+        sx0, sy0 = np.maximum(wa[:, 0], wb[:, 0]), np.maximum(wa[:, 1], wb[:, 1])
+        sx1, sy1 = np.minimum(wa[:, 2], wb[:, 2]), np.minimum(wa[:, 3], wb[:, 3])
+        shared = (sx1 > sx0) & (sy1 > sy0)
+        rect = shapely.box(sx0, sy0, np.maximum(sx1, sx0), np.maximum(sy1, sy0))
+        area_a = shapely.area(shapely.intersection(a, rect))
+        area_b = shapely.area(shapely.intersection(b, rect))
+        smaller = np.minimum(area_a, area_b)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            overlap_ok = shared & (smaller > 0) & (inter_area >= self.iomin * smaller)
+        # zero-overlap grids: two cut views that share a stretch of the seam are one object
+        cut_pair = np.array([views[i].cut and old[j].cut for i, j in zip(qi, ti)], dtype=bool)
+        edge_ok = ~shared & cut_pair & (shapely.length(inter) > 0)
+        for k in np.nonzero(overlap_ok | edge_ok)[0]:
+            self._union(views[qi[k]].uid, old[ti[k]].uid)
+
+    def pop_groups(self, y_limit: float | None) -> list[list[_View]]:
+        """Remove and return groups whose every view ends above ``y_limit`` (all when None)."""
+        groups: dict[int, list[_View]] = {}
+        for uid, v in self.views.items():
+            groups.setdefault(self._find(uid), []).append(v)
+        done = [
+            g for g in groups.values() if y_limit is None or max(v.ymax for v in g) < y_limit
+        ]
+        for g in done:
+            for v in g:
+                del self.views[v.uid]
+                del self.parent[v.uid]
+                lst = self.by_tile[v.tile]
+                lst.remove(v.uid)
+                if not lst:
+                    del self.by_tile[v.tile]
+        return done
+
+
+def _resolve(group: list[_View], stats: StitchStats) -> StitchedObject | None:
+    import shapely
+
+    whole = [v for v in group if not v.cut]
+    if len(group) == 1 and whole and not whole[0].anchored:
+        stats.duplicate_views += 1
+        return None
+    if whole:
+        best = max(whole, key=lambda v: (v.anchored, v.crop.area, -v.tile))
+        stats.duplicate_views += len(group) - 1
+        stats.owned += 1
+        stats.seam_groups += 1
+        return StitchedObject(best.geom, best.class_id, best.score, "detection", merged=False)
+    parts = [v for v in group if not v.crop.is_empty]
+    if not parts:
+        stats.duplicate_views += len(group)
+        return None
+    areas = np.array([v.crop.area for v in parts])
+    geom = shapely.union_all([v.crop for v in parts])
+    geom = make_valid_polygonal(shapely.simplify(geom, 0.0))  # drop collinear seam vertices
+    votes: dict[int, float] = {}
+    for v, a in zip(parts, areas):
+        votes[v.class_id] = votes.get(v.class_id, 0.0) + float(a)
+    cls = max(votes.items(), key=lambda kv: (kv[1], -kv[0]))[0]
+    score = float(np.dot(areas, [v.score for v in parts]) / max(areas.sum(), 1e-12))
+    stats.merged += 1
+    stats.seam_groups += 1
+    return StitchedObject(geom, cls, score, "detection", merged=True)
+
+
+def _tile_objects(
+    grid: GridSpec, spec: TileSpec, res: TileResult, next_uid: int
+) -> tuple[list[StitchedObject], list[_View]]:
+    """Split one tile's instances into emitted-now objects and seam views."""
+    import shapely
+    from scipy import ndimage
+
+    lab = res.labels
+    if lab is None:
+        return [], []
+    x0, y0, x1, y1 = _window(grid, spec)
+    vw, vh = x1 - x0, y1 - y0
+    if vw <= 0 or vh <= 0:
+        return [], []
+    lab = np.asarray(lab)[:vh, :vw]
+    if not lab.any():
+        return [], []
+    slices = ndimage.find_objects(lab)
+    ids = np.array([i + 1 for i, s in enumerate(slices) if s is not None], dtype=np.int64)
+    bb = np.array(
+        [(s[1].start, s[0].start, s[1].stop, s[0].stop) for s in slices if s is not None],
+        dtype=np.int64,
+    ).reshape(-1, 4)
+    bx0, by0, bx1, by1 = bb.T
+    cut = (
+        ((bx0 == 0) & (spec.x > 0))
+        | ((by0 == 0) & (spec.y > 0))
+        | ((bx1 == vw) & (spec.x + spec.w < grid.width))
+        | ((by1 == vh) & (spec.y + spec.h < grid.height))
+    )
+    cx0, cy0, cx1, cy1 = spec.core
+    lx0, ly0, lx1, ly1 = cx0 - x0, cy0 - y0, cx1 - x0, cy1 - y0
+    inside = (bx0 >= lx0) & (bx1 <= lx1) & (by0 >= ly0) & (by1 <= ly1)
+    touches = (bx0 < lx1) & (bx1 > lx0) & (by0 < ly1) & (by1 > ly0)
+    interior = inside & ~cut
+    seam = touches & ~interior
+    keep = interior | seam
+    if not keep.any():
+        return [], []
+    lut = np.zeros(int(lab.max()) + 1, dtype=bool)
+    lut[ids[keep]] = True
+    geoms = labels_to_geometries(lab, offset=(x0, y0), mask=lut[lab])
+    n = res.num_instances
+    classes = res.instance_classes
+    scores = res.instance_scores
+
+    def cls_score(k: int) -> tuple[int, float]:
+        c = int(classes[k - 1]) if classes is not None and k - 1 < len(classes) else 1
+        s = float(scores[k - 1]) if scores is not None and k - 1 < n else 1.0
+        return c, s
+
+    done: list[StitchedObject] = []
+    views: list[_View] = []
+    for i in np.nonzero(keep)[0]:
+        k = int(ids[i])
+        g = geoms.get(k)
+        if g is None or g.is_empty:
+            continue
+        c, s = cls_score(k)
+        if interior[i]:
+            done.append(StitchedObject(g, c, s, "detection", merged=False))
+            continue
+        ax = x0 + (int(bx0[i]) + int(bx1[i]) - 1) // 2
+        ay = y0 + (int(by0[i]) + int(by1[i]) - 1) // 2
+        views.append(
+            _View(
+                uid=next_uid + len(views),
+                tile=spec.index,
+                row=spec.row,
+                col=spec.col,
+                geom=g,
+                crop=shapely.clip_by_rect(g, cx0, cy0, cx1, cy1),
+                window=(x0, y0, x1, y1),
+                ymax=int(y0 + by1[i]),
+                cut=bool(cut[i]),
+                anchored=cx0 <= ax < cx1 and cy0 <= ay < cy1,
+                class_id=c,
+                score=s,
+            )
+        )
+    return done, views
+
+
+def stitch_instances(
+    grid: GridSpec,
+    tiles: Iterable[tuple[TileSpec, TileResult]],
+    *,
+    min_area_px: float = 0,
+    stats: StitchStats | None = None,
+    match_iomin: float = 0.5,
+) -> Iterator[StitchedObject]:
+    """Stream every instance exactly once (geometry in working px). ``tiles`` in row-major order."""
+    st = stats if stats is not None else StitchStats()
+    pool = _SeamPool(grid, match_iomin)
+    row, last_index, uid = -1, -1, 0
+
+    def emit(obj: StitchedObject | None) -> Iterator[StitchedObject]:
+        if obj is None:
+            return
+        if min_area_px and obj.geometry.area < min_area_px:
+            st.small_dropped += 1
+            return
+        st.objects += 1
+        yield obj
+
+    for spec, res in tiles:
+        if spec.index <= last_index:
+            raise ValueError(f"tiles must come in row-major order (tile {spec.index} after {last_index})")
+        last_index = spec.index
+        if spec.row != row:
+            row = spec.row
+            for g in pool.pop_groups(row * grid.stride_px):
+                yield from emit(_resolve(g, st))
+        st.tiles += 1
+        done, views = _tile_objects(grid, spec, res, uid)
+        uid += len(views)
+        for obj in done:
+            st.owned += 1
+            yield from emit(obj)
+        pool.add(spec, views)
+        st.pending_peak = max(st.pending_peak, len(pool.views))
+    for g in pool.pop_groups(None):
+        yield from emit(_resolve(g, st))
