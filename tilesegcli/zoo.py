@@ -436,7 +436,11 @@ def write_card(card: ModelCard | Mapping[str, Any], path: str | os.PathLike) -> 
 # ---------------------------------------------------------------------------------- factory
 
 # architecture["head"] -> "module:attr" of a class with from_card(card, weights=, device=).
-_SEGMENTERS = {"mask2former": "tilesegcli.nn.segmenter:AFFSegmenter"}
+_SEGMENTERS = {
+    "mask2former": "tilesegcli.nn.segmenter:AFFSegmenter",
+    "seaformer": "tilesegcli.nn.semantic:SemanticSegmenter",
+    "focal_fpn": "tilesegcli.nn.semantic:SemanticSegmenter",
+}
 
 
 def load_segmenter(model: str | os.PathLike | ModelCard, *, weights: str | os.PathLike | None = None,
