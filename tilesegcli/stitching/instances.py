@@ -127,7 +127,7 @@ class _SeamPool:
         with np.errstate(divide="ignore", invalid="ignore"):
             overlap_ok = shared & (smaller > 0) & (inter_area >= self.iomin * smaller)
         # zero-overlap grids: two cut views that share a stretch of the seam are one object
-        cut_pair = np.array([views[i].cut and old[j].cut for i, j in zip(qi, ti)], dtype=bool)
+        cut_pair = np.array([views[i].cut and old[j].cut for i, j in zip(qi, ti, strict=True)], dtype=bool)
         edge_ok = ~shared & cut_pair & (shapely.length(inter) > 0)
         for k in np.nonzero(overlap_ok | edge_ok)[0]:
             self._union(views[qi[k]].uid, old[ti[k]].uid)
@@ -172,7 +172,7 @@ def _resolve(group: list[_View], stats: StitchStats) -> StitchedObject | None:
     geom = shapely.union_all([v.crop for v in parts])
     geom = make_valid_polygonal(shapely.simplify(geom, 0.0))  # drop collinear seam vertices
     votes: dict[int, float] = {}
-    for v, a in zip(parts, areas):
+    for v, a in zip(parts, areas, strict=True):
         votes[v.class_id] = votes.get(v.class_id, 0.0) + float(a)
     cls = max(votes.items(), key=lambda kv: (kv[1], -kv[0]))[0]
     score = float(np.dot(areas, [v.score for v in parts]) / max(areas.sum(), 1e-12))
