@@ -377,8 +377,8 @@ def card_from_dict(data: Mapping[str, Any], *, source: str = "<dict>",
     if min(std) <= 0:
         raise InvalidCardError("input.std must be positive")
     tile, overlap = int(data["tile_size"]), int(data.get("overlap", 0))
-    if tile <= 0 or not 0 <= 2 * overlap < tile:
-        raise InvalidCardError(f"need tile_size > 0 and 0 <= 2*overlap < tile_size "
+    if tile <= 0 or not 0 <= overlap < tile:
+        raise InvalidCardError(f"need tile_size > 0 and 0 <= overlap < tile_size "
                                f"(got {tile}, {overlap})")
     mpp = data.get("mpp")
     if mpp is not None and float(mpp) <= 0:
