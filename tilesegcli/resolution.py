@@ -1,0 +1,121 @@
+"""Working resolution: which pyramid level to read and how to resample it to the model's mpp.
+
+Owns ``choose_level`` (level just finer than the target + resample factor, unit checks, the
+``--mpp`` override and the missing-resolution error), ``work_size`` and ``read_work_region`` /
+``read_work_mask`` (what the runner calls for every tile).
+
+Definitions (see specs.py): downsample = level-0 px per working px = target_mpp / mpp;
+level_scale = level px per working px = downsample / level.downsample (>= 1 except when the
+target is finer than level 0, where we upsample). A level within ``snap_tol`` (2%) of the target
+is read as is (level_scale = 1, downsample = that level's): resampling by 0.2% (0.499 vs 0.5
+µm/px) would only blur.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from tilesegcli.errors import MissingResolutionError, UsageError
+from tilesegcli.readers.base import resize_rgb
+from tilesegcli.specs import SlideInfo
+
+UNIT_NAMES = {"um": "µm/px", "m": "m/px", "deg": "degrees/px"}
+
+
+def effective_mpp(info: SlideInfo, mpp_override: float | None = None) -> float:
+    """The level-0 pixel size to use: the override, else the file's; else a clear error."""
+    if mpp_override is not None:
+        if not (mpp_override > 0 and math.isfinite(mpp_override)):
+            raise UsageError(f"--mpp must be a positive number, got {mpp_override}")
+        return float(mpp_override)
+    if info.mpp is None or not info.mpp > 0:
+        unit = UNIT_NAMES.get(info.mpp_unit, info.mpp_unit)
+        raise MissingResolutionError(
+            f"{info.path}: the file has no pixel size; pass --mpp (level-0 {unit}, e.g. "
+            f"--mpp 0.25 for a 40x slide) to say what it is")
+    return float(info.mpp)
+
+
+def check_unit(info: SlideInfo, target_unit: str | None, model: str | None = None) -> None:
+    """A model trained in µm/px cannot run on m/px rasters (and vice versa)."""
+    if target_unit is None or target_unit == info.mpp_unit:
+        return
+    who = f"model {model!r}" if model else "the model"
+    have = UNIT_NAMES.get(info.mpp_unit, info.mpp_unit)
+    want = UNIT_NAMES.get(target_unit, target_unit)
+    hint = ""
+    if info.mpp_unit == "deg":
+        hint = "; reproject the raster to a metric CRS (e.g. UTM) first"
+    raise UsageError(f"{info.path}: {who} works in {want} but this input is in {have}{hint}")
+
+
+def choose_level(
+    info: SlideInfo,
+    target_mpp: float,
+    mpp_override: float | None = None,
+    *,
+    target_unit: str | None = None,
+    snap_tol: float = 0.02,
+) -> tuple[int, float, float]:
+    """(level, downsample level-0 px per working px, level_scale level px per working px)."""
+    check_unit(info, target_unit)
+    if not (target_mpp > 0 and math.isfinite(target_mpp)):
+        raise UsageError(f"target mpp must be positive, got {target_mpp}")
+    mpp0 = effective_mpp(info, mpp_override)
+    want = target_mpp / mpp0
+    level = 0
+    for i, lv in enumerate(info.levels):
+        if lv.downsample <= want * (1 + snap_tol) and lv.downsample > info.levels[level].downsample:
+            level = i
+    ds_level = info.levels[level].downsample
+    scale = want / ds_level
+    if abs(scale - 1.0) <= snap_tol:
+        return level, ds_level, 1.0
+    return level, want, scale
+
+
+def work_size(info: SlideInfo, downsample: float) -> tuple[int, int]:
+    """(width, height) of the whole image at the working resolution (at least 1x1)."""
+    return max(1, math.ceil(info.width / downsample - 1e-6)), max(1, math.ceil(info.height / downsample - 1e-6))
+
+
+def _level_and_scale(params: Any) -> tuple[int, float]:
+    if isinstance(params, tuple):
+        return int(params[0]), float(params[2])
+    return int(params.level), float(params.level_scale)
+
+
+def read_work_region(reader: Any, params: Any, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """(h, w, 3) uint8 RGB of the working-resolution window (x, y, w, h).
+
+    ``params`` is a GridSpec (or anything with ``.level`` and ``.level_scale``) or the tuple
+    returned by :func:`choose_level`. Reads the covering window of the level (+2 px margin for
+    the filter) and resamples with PIL: Lanczos when shrinking, bicubic when enlarging. Windows
+    past the image edge are padded with the reader's background, as ``read_region`` does."""
+    level, s = _level_and_scale(params)
+    if s == 1.0:
+        return reader.read_region(level, x, y, w, h)
+    fx0, fy0, fx1, fy1 = x * s, y * s, (x + w) * s, (y + h) * s
+    m = 2 + int(math.ceil(s))  # margin for the filter support
+    lx0, ly0 = int(math.floor(fx0)) - m, int(math.floor(fy0)) - m
+    lx1, ly1 = int(math.ceil(fx1)) + m, int(math.ceil(fy1)) + m
+    src = reader.read_region(level, lx0, ly0, lx1 - lx0, ly1 - ly0)
+    box = (fx0 - lx0, fy0 - ly0, fx1 - lx0, fy1 - ly0)
+    return resize_rgb(src, w, h, box, "lanczos" if s > 1 else "bicubic")
+
+
+def read_work_mask(reader: Any, params: Any, x: int, y: int, w: int, h: int) -> np.ndarray | None:
+    """(h, w) bool valid mask at working resolution (nearest), or None when the input has none."""
+    level, s = _level_and_scale(params)
+    if s == 1.0:
+        return reader.read_valid_mask(level, x, y, w, h)
+    fx0, fy0, fx1, fy1 = x * s, y * s, (x + w) * s, (y + h) * s
+    lx0, ly0 = int(math.floor(fx0)), int(math.floor(fy0))
+    lx1, ly1 = int(math.ceil(fx1)), int(math.ceil(fy1))
+    m = reader.read_valid_mask(level, lx0, ly0, lx1 - lx0, ly1 - ly0)
+    if m is None:
+        return None
+    return resize_rgb(m, w, h, (fx0 - lx0, fy0 - ly0, fx1 - lx0, fy1 - ly0), "nearest")
