@@ -1,0 +1,89 @@
+"""Atomic output files: write to a temp name in the target directory, ``os.replace`` on success.
+
+On an exception or ``abort()`` the temp file is removed, so nothing complete-looking remains (a
+killed process leaves only ``<name>.tmp-<pid>-<hex>``). ``-`` writes to stdout (not atomic).
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import IO
+
+from tilesegcli.errors import OutputError
+
+
+class AtomicOutput:
+    """A binary sink for ``path`` (``"-"`` = stdout); ``gz`` compresses with gzip."""
+
+    def __init__(self, path: str | Path, *, gz: bool = False, buffer_size: int = 1 << 20) -> None:
+        self.stdout = str(path) == "-"
+        self.path = None if self.stdout else Path(path)
+        self.tmp: Path | None = None
+        self._raw: IO[bytes]
+        if self.stdout:
+            self._raw = sys.stdout.buffer
+        else:
+            assert self.path is not None
+            parent = self.path.parent
+            if not parent.is_dir():
+                raise OutputError(f"output directory does not exist: {parent}")
+            self.tmp = parent / f"{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            try:
+                self._raw = open(self.tmp, "wb", buffering=buffer_size)  # noqa: SIM115
+            except OSError as e:
+                raise OutputError(f"cannot write {self.path}: {e.strerror or e}") from None
+        self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6) if gz else None
+        self.stream: IO[bytes] = self._gz if self._gz is not None else self._raw
+        if self._gz is not None:
+            self.stream = io.BufferedWriter(self._gz, buffer_size)  # type: ignore[arg-type]
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data)
+
+    def commit(self) -> None:
+        """Flush, close and move the temp file into place."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.stream.flush()
+            if self._gz is not None:
+                self._gz.close()
+            if self.stdout:
+                self._raw.flush()
+                return
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            assert self.tmp is not None and self.path is not None
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            self._discard()
+            raise OutputError(f"cannot write {self.path or 'stdout'}: {e.strerror or e}") from None
+
+    def _discard(self) -> None:
+        if self.tmp is not None:
+            try:
+                self._raw.close()
+            except OSError:
+                pass
+            self.tmp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        """Drop everything written so far (the temp file is removed)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.stdout:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+            return
+        self._discard()
