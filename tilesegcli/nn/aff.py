@@ -27,7 +27,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from tilesegcli.errors import WeightsError
-from tilesegcli.nn.aff_ops import drop_path, neighbourhood_attention, neighbourhood_merge
+from tilesegcli.nn.aff_ops import (
+    AttentionPlan,
+    drop_path,
+    neighbourhood_merge,
+    plan_attention,
+    plan_clusters,
+    plan_global,
+)
 from tilesegcli.nn.clustering import choose_centres, cluster_neighbourhood, space_filling_cluster
 from tilesegcli.nn.types import BackboneOutput, PointLevel
 
@@ -36,11 +43,13 @@ SEG_REL_POS_WIDTH = 2048 // 4 - 1  # 511: the SEG table's half-width; offsets ar
 
 @dataclass
 class Neighbourhood:
-    """Per-token neighbour indices (B, n, M) and padding mask (1 real / 0 padding) or None."""
+    """Per-token neighbour indices (B, n, M), padding mask (1 real / 0 padding) or None, and the
+    cluster-blocked attention plan built from them (shared by every block of the stage)."""
 
     member_idx: torch.Tensor
     mask: torch.Tensor | None
     global_attn: bool
+    plan: AttentionPlan
 
 
 class PatchEmbed(nn.Module):
@@ -102,10 +111,8 @@ class ClusterAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, nbhd: Neighbourhood) -> torch.Tensor:
         q = self.q(x) * self.scale
-        out = neighbourhood_attention(
-            q, self.kv(x), pos, nbhd.member_idx, nbhd.mask, self.pos_embed, self.blank_k,
-            self.blank_v, self.num_heads, self.rel_pos_clamp, self.attn_drop, self.training,
-        )
+        out = plan_attention(q, self.kv(x), nbhd.plan, self.pos_embed, self.blank_k, self.blank_v,
+                             self.num_heads, self.attn_drop, self.training)
         return self.proj_drop(self.proj(out))
 
 
@@ -171,6 +178,7 @@ class BasicLayer(nn.Module):
                  rel_pos_clamp: int | None) -> None:
         super().__init__()
         self.cluster_size, self.nbhd_size = cluster_size, nbhd_size
+        self.rel_pos_clamp = rel_pos_clamp
         self.blocks = nn.ModuleList([
             ClusterTransformerBlock(dim, num_heads, mlp_ratio, drop, attn_drop, drop_path[i],
                                     layer_scale, rel_pos_clamp)
@@ -188,7 +196,7 @@ class BasicLayer(nn.Module):
         m = self.cluster_size
         if self.nbhd_size >= n:
             idx = torch.arange(n, device=pos.device).view(1, 1, n).expand(b, n, n)
-            return pos, feat, Neighbourhood(idx, None, True)
+            return pos, feat, Neighbourhood(idx, None, True, plan_global(pos, self.rel_pos_clamp))
         k = math.ceil(n / m)
         nnc = min(int(round(self.nbhd_size / m)), k)
         if k == n:  # one token per cluster: no reordering, clusters are the tokens
@@ -198,8 +206,9 @@ class BasicLayer(nn.Module):
             pos = pos.gather(1, order.unsqueeze(2).expand(-1, -1, 2))
             feat = feat.gather(1, order.unsqueeze(2).expand(-1, -1, feat.shape[2]))
             cm = m
-        member_idx, nb_mask = cluster_neighbourhood(pos, mean, mask, cm, nnc)
-        return pos, feat, Neighbourhood(member_idx, nb_mask, False)
+        member_idx, nb_mask, nearest = cluster_neighbourhood(pos, mean, mask, cm, nnc)
+        plan = plan_clusters(pos, nearest, cm, self.rel_pos_clamp)
+        return pos, feat, Neighbourhood(member_idx, nb_mask, False, plan)
 
     def forward(self, pos: torch.Tensor, feat: torch.Tensor, h: int, w: int, stride: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

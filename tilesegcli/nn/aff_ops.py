@@ -17,6 +17,9 @@ All functions are differentiable, device-agnostic and keep no state.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,6 +57,152 @@ def _flat_gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def _chunk_len(n: int, per_token: int) -> int:
     return max(1, min(n, CHUNK_ELEMENTS // max(per_token, 1)))
+
+
+def rel_table(radius: int) -> torch.Tensor:
+    """The official relative-position table for offsets in [-radius, radius]^2: ((2r+1)^2, 5) float32.
+
+    Row (dy + r) * (2r + 1) + (dx + r) holds [dx, dy, dist, dy/dist, dx/dist], zeros at the centre.
+    Built with the official float32 formula; only the radius a stage needs is materialised.
+    """
+    ar = torch.arange(2 * radius + 1).float() - radius
+    ys, xs = torch.meshgrid(ar, ar, indexing="ij")
+    dist = (ys**2 + xs**2) ** 0.5
+    table = torch.stack([xs, ys, dist, ys / dist, xs / dist], dim=2)
+    table[~torch.isfinite(table)] = 0
+    return table.reshape(-1, 5)
+
+
+@dataclass
+class AttentionPlan:
+    """Cluster-blocked attention layout of one stage, shared by all its blocks.
+
+    Queries are the stage's tokens in cluster order, viewed as k blocks of m (padded to k*m). Every
+    block attends to the members of the union of its tokens' nearest clusters (L keys); `bias` holds
+    0 for a token's own neighbours, -100 for padding slots of its own clusters (official) and -inf
+    for union keys outside its neighbourhood, so each token's softmax covers exactly its own
+    neighbourhood. This turns the per-token gathers into dense per-block matmuls.
+    """
+
+    key_idx: torch.Tensor  # (B, k, L) int64 token index of each key
+    bias: torch.Tensor  # (B, k, m, L) float32
+    pe_idx: torch.Tensor  # (B, k, m, L) int32 row of `table`
+    table: torch.Tensor  # (T, 5) relative-position features
+    m: int
+    n: int
+
+
+def _plan_pe(pos: torch.Tensor, key_idx: torch.Tensor, qpos: torch.Tensor, live: torch.Tensor,
+             clamp: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Table rows of every (query, key) pair of a plan, and the table (radius = largest offset)."""
+    b, k, L = key_idx.shape
+    m = qpos.shape[2]
+    step = max(1, CHUNK_ELEMENTS // max(b * m * L * 2, 1))
+    radius = 0
+    for s in range(0, k, step):
+        kp = _flat_gather(pos, key_idx[:, s : s + step])
+        rel = (kp[:, :, None] - qpos[:, s : s + step, :, None]).abs().amax(-1)
+        rel = torch.where(live[:, s : s + step], rel, torch.zeros_like(rel))
+        radius = max(radius, int(rel.max()) if rel.numel() else 0)
+    if clamp is not None:
+        radius = min(radius, clamp)
+    width = 2 * radius + 1
+    pe_idx = torch.empty(b, k, m, L, dtype=torch.int32, device=pos.device)
+    for s in range(0, k, step):
+        kp = _flat_gather(pos, key_idx[:, s : s + step])
+        rel = (kp[:, :, None] - qpos[:, s : s + step, :, None]).long().clamp(-radius, radius) + radius
+        idx = rel[..., 1] * width + rel[..., 0]
+        pe_idx[:, s : s + step] = torch.where(live[:, s : s + step], idx, radius * width + radius)
+    return pe_idx, rel_table(radius).to(pos.device)
+
+
+def plan_clusters(pos: torch.Tensor, nearest: torch.Tensor, m: int, clamp: int | None) -> AttentionPlan:
+    """Plan for local attention: pos (B, n, 2) in cluster order, nearest (B, n, nnc) cluster ids."""
+    with torch.no_grad():
+        b, n, nnc = nearest.shape
+        k = -(-n // m)
+        if k * m > n:  # padded query rows copy token 0's clusters; their outputs are dropped
+            nearest = torch.cat([nearest, nearest[:, :1].expand(-1, k * m - n, -1)], dim=1)
+        cand = nearest.reshape(b, k, m * nnc).sort(-1).values
+        first = torch.ones_like(cand, dtype=torch.bool)
+        first[..., 1:] = cand[..., 1:] != cand[..., :-1]
+        umax = int(first.sum(-1).max())
+        union = torch.full((b, k, umax), k, dtype=torch.long, device=pos.device)
+        union.scatter_(2, first.long().cumsum(-1) - 1, cand)  # sorted, padded with k
+        where = torch.searchsorted(union.reshape(b * k, umax), nearest.reshape(b * k, m * nnc))
+        own = torch.zeros(b * k, m, umax, dtype=torch.bool, device=pos.device)
+        own.scatter_(2, where.reshape(b * k, m, nnc), True)
+        own = own.reshape(b, k, m, umax, 1)
+        slot = union.unsqueeze(3) * m + torch.arange(m, device=pos.device)  # (b, k, U, m)
+        real = (slot < n).unsqueeze(2)
+        bias = torch.where(own, torch.where(real, 0.0, -100.0), -math.inf).reshape(b, k, m, umax * m)
+        key_idx = torch.where(slot < n, slot, 0).reshape(b, k, umax * m)
+        qpos = torch.cat([pos, pos[:, :1].expand(-1, k * m - n, -1)], 1).reshape(b, k, m, 2)
+        live = own.expand(-1, -1, -1, -1, m).reshape(b, k, m, umax * m)
+        pe_idx, table = _plan_pe(pos, key_idx, qpos, live, clamp)
+        return AttentionPlan(key_idx, bias.float(), pe_idx, table, m, n)
+
+
+def plan_global(pos: torch.Tensor, clamp: int | None) -> AttentionPlan:
+    """Plan for global attention: one block of all n tokens attending to all n tokens."""
+    with torch.no_grad():
+        b, n, _ = pos.shape
+        key_idx = torch.arange(n, device=pos.device).view(1, 1, n).expand(b, 1, n).contiguous()
+        live = torch.ones(b, 1, n, n, dtype=torch.bool, device=pos.device)
+        pe_idx, table = _plan_pe(pos, key_idx, pos.reshape(b, 1, n, 2), live, clamp)
+        bias = torch.zeros(b, 1, n, n, device=pos.device)
+        return AttentionPlan(key_idx, bias, pe_idx, table, n, n)
+
+
+def plan_attention(
+    q: torch.Tensor, kv: torch.Tensor, plan: AttentionPlan, pos_embed: nn.Linear,
+    blank_k: torch.Tensor, blank_v: torch.Tensor, num_heads: int, attn_drop: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
+    """Cluster attention through an AttentionPlan; same function as `neighbourhood_attention`.
+
+    q (B, n, C) already scaled, kv (B, n, 2C) per head [k_h | v_h]. Returns (B, n, C) before `proj`.
+    """
+    b, n, c = q.shape
+    h, ch, m = num_heads, c // num_heads, plan.m
+    k, L = plan.key_idx.shape[1:]
+    kv_h = kv.reshape(b, n, h, 2, ch)
+    keys = kv_h[:, :, :, 0].reshape(b * n, c)
+    vals = kv_h[:, :, :, 1].reshape(b * n, c)
+    if k * m > n:
+        q = torch.cat([q, q.new_zeros(b, k * m - n, c)], dim=1)
+    qh = q.reshape(b, k, m, h, ch).permute(0, 1, 3, 2, 4)  # (b, k, h, m, ch)
+    pe_tab = pos_embed(plan.table.to(pos_embed.weight.dtype)).to(q.dtype)  # (T, h)
+    bk = blank_k.reshape(1, 1, h, 1, ch).to(q.dtype)
+    bv = blank_v.reshape(1, 1, h, 1, ch).to(q.dtype)
+    base = (torch.arange(b, device=q.device) * n).view(b, 1, 1)
+    step = max(1, CHUNK_ELEMENTS // max(b * (2 * L * c + 4 * m * L * h), 1))
+    outs = []
+    for s in range(0, k, step):
+        e = min(k, s + step)
+        kc = e - s
+        flat = (plan.key_idx[:, s:e] + base).reshape(-1)
+        kg = keys.index_select(0, flat).view(b, kc, L, h, ch).permute(0, 1, 3, 4, 2)
+        qc = qh[:, s:e]
+        logits = torch.matmul(qc, kg)  # (b, kc, h, m, L)
+        pe = pe_tab.index_select(0, plan.pe_idx[:, s:e].reshape(-1)).view(b, kc, m, L, h)
+        logits = logits + pe.permute(0, 1, 4, 2, 3)
+        logits = logits + plan.bias[:, s:e].unsqueeze(2).to(logits.dtype)
+        blank = (qc * bk).sum(-1)  # (b, kc, h, m)
+        top = torch.maximum(logits.amax(-1), blank).detach()
+        ex = torch.exp(logits - top.unsqueeze(-1))
+        eb = torch.exp(blank - top)
+        den = ex.sum(-1) + eb
+        attn = ex / den.unsqueeze(-1)
+        ab = (eb / den).unsqueeze(-1)
+        if attn_drop > 0 and training:
+            attn = F.dropout(attn, attn_drop, training=True)
+            ab = F.dropout(ab, attn_drop, training=True)
+        vg = vals.index_select(0, flat).view(b, kc, L, h, ch).permute(0, 1, 3, 2, 4)
+        out = torch.matmul(attn, vg) + ab * bv  # (b, kc, h, m, ch)
+        outs.append(out.permute(0, 1, 3, 2, 4).reshape(b, kc * m, c))
+    out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+    return out[:, :n]
 
 
 def neighbourhood_attention(

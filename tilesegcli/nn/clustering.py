@@ -213,11 +213,11 @@ def space_filling_cluster(
 def cluster_neighbourhood(
     pos: torch.Tensor, cluster_mean: torch.Tensor, cluster_mask: torch.Tensor | None,
     cluster_size: int, nnc: int,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Neighbourhood of every (already reordered) token: members of its nnc nearest clusters.
 
-    Returns member_idx (B, n, nnc*m) int64 (padding slots point at token 0) and mask (B, n, nnc*m)
-    float (0 = padding) or None when no cluster has padding.
+    Returns member_idx (B, n, nnc*m) int64 (padding slots point at token 0), mask (B, n, nnc*m)
+    float (0 = padding) or None when no cluster has padding, and the cluster ids (B, n, nnc).
     """
     b, n, _ = pos.shape
     m = cluster_size
@@ -225,8 +225,8 @@ def cluster_neighbourhood(
     slots = (nearest.unsqueeze(3) * m + torch.arange(m, device=pos.device)).reshape(b, n, nnc * m)
     member_idx = torch.where(slots < n, slots, torch.zeros_like(slots))
     if cluster_mask is None:
-        return member_idx, None
-    return member_idx, (slots < n).to(pos.dtype if pos.is_floating_point() else torch.float32)
+        return member_idx, None, nearest
+    return member_idx, (slots < n).float(), nearest
 
 
 def grid_prior(pos: torch.Tensor, stride: int) -> torch.Tensor:
