@@ -159,6 +159,8 @@ class TileStore:
                 cls._create(p, fingerprint, grid, selected, task, classes, num_shards, extra)
             except OSError as e:
                 raise StoreError(f"cannot create tile store {p}: {e.strerror or e}") from None
+            finally:
+                shutil.rmtree(p.with_name(f".{p.name}.tmp-{os.getpid()}"), ignore_errors=True)
         store = cls.open(p)
         store.check(fingerprint, num_shards)
         return store
@@ -204,7 +206,7 @@ class TileStore:
                     dtype="uint8",
                     fill_value=0,
                 )
-        g.attrs["tileseg"] = {
+        attrs = {
             "format": FORMAT,
             "fingerprint": fingerprint,
             "fingerprint_sha256": fingerprint_sha(fingerprint),
@@ -214,6 +216,7 @@ class TileStore:
             "num_shards": int(num_shards),
             **(extra or {}),
         }
+        g.attrs["tileseg"] = json.loads(json.dumps(attrs, default=str))
         try:
             os.rename(tmp, p)
         except OSError as e:

@@ -1,0 +1,130 @@
+"""``tileseg predict``: parse options -> RunConfig -> pipeline.predict -> exit code.
+
+Exit status: 0 when every input succeeded (done, skipped, or this shard's part finished),
+1 when any input failed, 2 for usage errors. Results (output paths) go to stdout, logs and
+progress to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from tilesegcli.cli.options import (
+    logging_options,
+    output_options,
+    parse_shard_option,
+    read_input_list,
+    setup_logging,
+)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # Unwind like Ctrl-C: the runner flushes finished tiles, temp outputs are removed.
+    raise KeyboardInterrupt
+
+
+@click.command("predict")
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path, allow_dash=True), default=None,
+              help="Output file for a single input ('-' = stdout).")
+@click.option("--outdir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Directory for outputs of many inputs (<name>.geojson).")
+@click.option("--inputs", "input_list", type=str, default=None,
+              help="File with one input path per line ('-' = stdin).")
+@click.option("--model", default="aff-nuclei", show_default=True,
+              help="Model card name, 'simple' (tiny test net) or 'package.module:factory'.")
+@click.option("--weights", default=None, help="Weights file or URL overriding the card's.")
+@click.option("--mpp", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Pixel size of level 0 (µm/px; m/px for GeoTIFFs) when missing or wrong.")
+@click.option("--backend", type=click.Choice(["auto", "openslide", "tifffile", "pillow"]),
+              default="auto", show_default=True, help="Image reader.")
+@click.option("--roi", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, help="Restrict to the polygons of this GeoJSON (QuPath export).")
+@click.option("--no-mask", is_flag=True, help="Process every tile (no tissue/nodata mask).")
+@click.option("--tile-size", type=click.IntRange(min=16), default=None,
+              help="Tile edge in working pixels (default: model card).")
+@click.option("--overlap", type=click.IntRange(min=0), default=None,
+              help="Tile overlap in working pixels (default: model card).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--num-workers", type=click.IntRange(min=0), default=None,
+              help="Tile reading threads (default: min(4, available cores); 0 = inline).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Where tile stores live (default: next to the output).")
+@click.option("--shard", callback=parse_shard_option, default=None,
+              help="Process shard I of N (0-based); default from SLURM_ARRAY_TASK_ID/COUNT.")
+@click.option("--overwrite", is_flag=True, help="Rewrite outputs that already exist.")
+@output_options()
+@click.option("--summary", type=click.Path(path_type=Path, allow_dash=True), default=None,
+              help="Write a JSON run summary here ('-' = stdout).")
+@logging_options()
+def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
+            input_list: str | None, model: str, weights: str | None, mpp: float | None,
+            backend: str, roi: Path | None, no_mask: bool, tile_size: int | None,
+            overlap: int | None, batch_size: int, num_workers: int | None, device: str,
+            workdir: Path | None, shard: str | None, overwrite: bool, fmt: str | None,
+            labels: Path | None, min_area: float | None, simplify: float | None,
+            summary: Path | None, quiet: bool, log_level: str | None) -> None:
+    """Segment slides/GeoTIFFs and write polygons (QuPath/QGIS GeoJSON).
+
+    \b
+    $ tileseg predict slide.svs -o slide.geojson
+    $ tileseg predict *.svs --outdir out/ --summary run.json
+    $ ls *.ndpi | tileseg predict --inputs - --outdir out/ --device cuda
+    $ tileseg predict big.svs -o big.geojson --shard 0/4   # in each of 4 jobs
+    """
+    from tilesegcli import pipeline
+    from tilesegcli.errors import UsageError
+    from tilesegcli.runner import default_num_workers
+    from tilesegcli.store import parse_shard
+
+    setup_logging(log_level, quiet)
+    paths = [Path(p) for p in inputs]
+    if input_list is not None:
+        paths += [Path(p) for p in read_input_list(input_list)]
+    if not paths:
+        raise UsageError("no inputs given (pass paths or --inputs FILE)")
+    if str(output) == "-" and summary is not None and str(summary) == "-":
+        raise UsageError("-o - and --summary - cannot both use stdout")
+    options = dict(
+        weights=weights, mpp=mpp, backend=backend, roi=roi, no_mask=no_mask,
+        tile_size=tile_size, overlap=overlap, batch_size=batch_size,
+        num_workers=default_num_workers() if num_workers is None else num_workers,
+        device=device, workdir=workdir, shard=parse_shard(shard), overwrite=overwrite,
+        format=fmt, labels=labels, min_area=min_area, simplify=simplify, quiet=quiet,
+        command_line=["tileseg", *sys.argv[1:]],
+    )
+    old = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        results = pipeline.predict(paths, model=model, output=output, outdir=outdir, **options)
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    if str(output) != "-":
+        for r in results:
+            if r.status in ("done", "skipped") and r.output:
+                click.echo(r.output)
+    if summary is not None:
+        _write_summary(summary, results)
+    failed = [r for r in results if r.status == "failed"]
+    if failed:
+        raise SystemExit(1)
+
+
+def _write_summary(path: Path, results: list) -> None:
+    from tilesegcli.provenance import jsonable, write_json
+
+    data = {
+        "ok": all(r.ok for r in results),
+        "counts": {s: sum(r.status == s for r in results)
+                   for s in ("done", "skipped", "waiting", "failed")},
+        "slides": [jsonable(r) for r in results],
+    }
+    if str(path) == "-":
+        click.echo(json.dumps(data, indent=2))
+    else:
+        write_json(path, data)

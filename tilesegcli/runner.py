@@ -1,0 +1,218 @@
+"""Batched inference: tiles -> Segmenter -> sink, with reading and writing overlapped with compute.
+
+``run_tiles`` owns the three-stage pipeline of one slide's pending tiles:
+
+    reader threads (``num_workers``)  ->  queue of batches  ->  main thread: predict_batch
+                                                          ->  writer thread: store.write_tile
+
+Reading/decoding (OpenSlide, tifffile, JPEG) and zarr encoding release the GIL, as does torch's
+forward, so the three stages run concurrently on separate cores. Queues are bounded, so memory
+stays at a few batches whatever the slide size. Only the main thread calls the model.
+It also resolves ``--device`` and decides when to show a progress bar.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tilesegcli.errors import TilesegError, UsageError
+from tilesegcli.segmenter import Segmenter, TileResult
+from tilesegcli.specs import TileSpec
+
+_END = object()
+
+
+@dataclass
+class RunStats:
+    tiles: int = 0
+    batches: int = 0
+    forward_s: float = 0.0  # summed time inside predict_batch
+    wall_s: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; validates ``cpu`` / ``cuda[:N]``."""
+    d = (device or "auto").strip().lower()
+    if d == "auto":
+        try:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:  # pragma: no cover
+            return "cpu"
+    if d == "cpu":
+        return d
+    if d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine")
+        return d
+    raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+
+
+def default_num_workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+def show_progress(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty() and not os.environ.get("NO_COLOR")
+
+
+def run_tiles(
+    segmenter: Segmenter,
+    tiles: Sequence[TileSpec],
+    read_tile: Callable[[TileSpec], np.ndarray],
+    write_tile: Callable[[TileSpec, TileResult], None],
+    *,
+    batch_size: int = 8,
+    num_workers: int = 2,
+    progress: bool = False,
+    desc: str = "",
+) -> RunStats:
+    """Run ``segmenter`` over ``tiles`` (in order) and hand each result to ``write_tile``.
+
+    Raises whatever a stage raised (the first error wins); results already handed to the writer
+    are written before returning or raising, so an interrupted run loses at most the batch in
+    the model.
+    """
+    if batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    stats = RunStats()
+    t_start = time.perf_counter()
+    batches = [list(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
+    if not batches:
+        return stats
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    q_in: queue.Queue = queue.Queue(maxsize=max(2, num_workers + 1))
+    q_out: queue.Queue = queue.Queue(maxsize=2)
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(tiles), desc=desc, unit="tile", file=sys.stderr, leave=False)
+
+    def put(q: queue.Queue, item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce(pool: ThreadPoolExecutor | None) -> None:
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                imgs = list(pool.map(read_tile, batch)) if pool else [read_tile(t) for t in batch]
+                if not put(q_in, (batch, np.stack(imgs))):
+                    return
+            put(q_in, _END)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            errors.append(e)
+            stop.set()
+
+    def consume() -> None:
+        try:
+            while True:
+                item = q_out.get()
+                if item is _END:
+                    return
+                for tile, res in zip(*item, strict=True):
+                    write_tile(tile, res)
+                    stats.tiles += 1
+                    if bar is not None:
+                        bar.update(1)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+            stop.set()
+            # keep draining so the main thread never blocks on a full queue
+            while q_out.get() is not _END:
+                pass
+
+    pool = ThreadPoolExecutor(max_workers=num_workers) if num_workers > 0 else None
+    producer = threading.Thread(target=produce, args=(pool,), daemon=True, name="tile-reader")
+    writer = threading.Thread(target=consume, daemon=True, name="tile-writer")
+    writer.start()
+    if pool is not None:
+        producer.start()
+    try:
+        if pool is None:  # no background reading: read inline, same order
+            for batch in batches:
+                _forward(segmenter, batch, np.stack([read_tile(t) for t in batch]), stats, q_out)
+                if errors:
+                    break
+        else:
+            while True:
+                item = None
+                while item is None:
+                    try:
+                        item = q_in.get(timeout=0.1)
+                    except queue.Empty:
+                        if stop.is_set():
+                            break
+                if item is None or item is _END:
+                    break
+                _forward(segmenter, item[0], item[1], stats, q_out)
+                if errors:
+                    break
+    finally:
+        stop_reading(stop, q_in)
+        q_out.put(_END)
+        writer.join()
+        if pool is not None:
+            producer.join()
+            pool.shutdown(wait=True, cancel_futures=True)
+        if bar is not None:
+            bar.close()
+        stats.wall_s = time.perf_counter() - t_start
+    if errors:
+        raise errors[0]
+    return stats
+
+
+def stop_reading(stop: threading.Event, q_in: queue.Queue) -> None:
+    stop.set()
+    try:
+        while True:
+            q_in.get_nowait()
+    except queue.Empty:
+        pass
+
+
+def _forward(
+    segmenter: Segmenter,
+    batch: list[TileSpec],
+    imgs: np.ndarray,
+    stats: RunStats,
+    q_out: queue.Queue,
+) -> None:
+    t0 = time.perf_counter()
+    results = segmenter.predict_batch(imgs)
+    stats.forward_s += time.perf_counter() - t0
+    if len(results) != len(batch):
+        raise TilesegError(
+            f"segmenter {getattr(segmenter, 'name', '?')} returned {len(results)} results "
+            f"for a batch of {len(batch)}"
+        )
+    stats.batches += 1
+    stats.batch_sizes.append(len(batch))
+    q_out.put((batch, results))
