@@ -384,9 +384,8 @@ def write_geotiff(
     with tifffile.TiffWriter(path) as tw:
         tw.write(content, extratags=extratags, metadata=None, **opts)
         if internal_mask is not None:
-            tw.write(np.where(internal_mask, 255, 0).astype(np.uint8), subfiletype=4,
-                     photometric="minisblack", metadata=None, compression=compression,
-                     tile=(tile, tile) if tile else None)
+            tw.write(np.asarray(internal_mask, bool), subfiletype=4, photometric="mask",
+                     metadata=None, compression=compression, tile=(tile, tile) if tile else None)
         paint = array_painter(content)
         for lw, lh, ds in _level_sizes(w, h, overviews + 1, 1)[1:]:
             tw.write(paint(0, 0, lw, lh, ds), subfiletype=1, metadata=None, **opts)

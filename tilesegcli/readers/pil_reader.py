@@ -9,6 +9,7 @@ DPI metadata is ignored (a print resolution is not a microscope pixel size): use
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ class PillowReader(BaseReader):
 
         self.path = str(path)
         try:
-            with Image.open(self.path) as im:
+            with warnings.catch_warnings(), Image.open(self.path) as im:
+                warnings.simplefilter("ignore")  # corrupt-EXIF chatter; failures still raise
                 fmt = im.format
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")

@@ -15,8 +15,11 @@ tifffile/zarr are not documented as thread-safe on one handle, so raw reads hold
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,18 @@ from tilesegcli.specs import LevelInfo, SlideInfo
 
 MAX_TAG_MPP = 20.0  # µm/px; resolution tags implying more are print/screen DPI, not microscopy
 _OME_UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}
+
+
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """tifffile logs a warning per damaged IFD; we report one error line instead."""
+    logger = logging.getLogger("tifffile")
+    old = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
 
 
 class _LevelArrays:
@@ -79,18 +94,19 @@ class TiffReader(BaseReader):
         import tifffile
 
         self.path = str(path)
-        try:
-            self._tf = tifffile.TiffFile(self.path)
-        except Exception as e:
-            raise SlideOpenError(f"{self.path}: not a readable TIFF: {one_line(e)}") from e
-        try:
-            self._setup()
-        except SlideOpenError:
-            self._tf.close()
-            raise
-        except Exception as e:
-            self._tf.close()
-            raise SlideOpenError(f"{self.path}: cannot open TIFF image: {one_line(e)}") from e
+        with _quiet_tifffile():
+            try:
+                self._tf = tifffile.TiffFile(self.path)
+            except Exception as e:
+                raise SlideOpenError(f"{self.path}: not a readable TIFF: {one_line(e)}") from e
+            try:
+                self._setup()
+            except SlideOpenError:
+                self._tf.close()
+                raise
+            except Exception as e:
+                self._tf.close()
+                raise SlideOpenError(f"{self.path}: cannot open TIFF image: {one_line(e)}") from e
         self._cache: tuple[tuple[int, ...], np.ndarray] | None = None
 
     # ------------------------------------------------------------------ metadata
