@@ -146,7 +146,7 @@ def base_card(size: str) -> dict:
         "name": f"aff-{size}",
         "description": (f"AFF-{size.capitalize()} + Mask2Former: the default checkpoint of this "
                         f"size ({default}). backbone_weights are the official ImageNet "
-                        "classification weights, the starting point for fine-tuning."),
+                        "classification weights, the starting point for fine-tuning. " + NOMINAL),
         "backbone_weights": {
             "url": f"{URL}/classification/{CLS_FILE[size]}.pth", "sha256": None, "size": None,
             "filename": f"aff-{size}.imagenet.pth", "bundled": False, "format": "state_dict",

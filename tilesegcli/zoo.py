@@ -22,7 +22,8 @@ Card format (JSON object, ``"format": 1``)::
                       "class0": the list already starts with background (model class k -> k)
     instance_classes  optional "all" (default) | "thing": which classes may form instances
     input             {"mean": [r,g,b], "std": [r,g,b], "range": 255 (default; or 1 when mean/std
-                       are given for 0..1 inputs), "size_divisibility": 32}
+                       are given for 0..1 inputs), "size_divisibility": 32}; default: ImageNet
+                       mean/std on the 0..255 scale
     train_resolution  [h, w] crop size used in training (px)
     mpp, mpp_unit     working pixel size; mpp_unit "um" (slides) or "m" (aerial)
     mpp_nominal       true when the model has no physical pixel size (natural-image models)
@@ -74,6 +75,9 @@ _KNOWN_KEYS = {
     "tile_size", "overlap", "min_area", "postprocess", "weights", "backbone_weights", "licence",
     "metrics",
 }
+# Default input normalisation (ImageNet, 0..255 scale: detectron2 PIXEL_MEAN / PIXEL_STD).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
 _OVERRIDABLE = ("tile_size", "overlap", "mpp", "mpp_unit", "min_area")
 _POSTPROCESS_DEFAULTS = {"score_threshold": 0.5, "top_k": 100, "object_mask_threshold": 0.8,
                          "overlap_threshold": 0.8}
@@ -372,8 +376,8 @@ def card_from_dict(data: Mapping[str, Any], *, source: str = "<dict>",
         raise InvalidCardError("'instance_classes' must be 'all' or 'thing'")
     inp = data.get("input", {})
     scale = 255.0 / float(inp.get("range", 255))
-    mean = tuple(v * scale for v in _triple(inp.get("mean", [0.0, 0.0, 0.0]), "input.mean"))
-    std = tuple(v * scale for v in _triple(inp.get("std", [1.0, 1.0, 1.0]), "input.std"))
+    mean = tuple(v * scale for v in _triple(inp.get("mean", IMAGENET_MEAN), "input.mean"))
+    std = tuple(v * scale for v in _triple(inp.get("std", IMAGENET_STD), "input.std"))
     if min(std) <= 0:
         raise InvalidCardError("input.std must be positive")
     tile, overlap = int(data["tile_size"]), int(data.get("overlap", 0))

@@ -1,0 +1,240 @@
+"""``AFFSegmenter``: an AFF + Mask2Former network behind tileseg's ``Segmenter`` interface.
+
+Owns the path from uint8 RGB tiles to ``TileResult``s for a model card: device choice
+(``"auto" | "cpu" | "cuda[:N]"``), normalisation with the card's mean/std, zero padding to the
+card's size divisibility (as detectron2 does after normalising), fp16 autocast on CUDA only (a batch
+whose fp16 outputs are not finite is recomputed in fp32), ``torch.inference_mode``, the network
+(``tilesegcli.nn.aff_m2f``) and its post-processing (``tilesegcli.nn.postprocess``), then the
+conversion to tileseg's conventions:
+
+* classes: ``card.classes[0]`` is background; model class k is tileseg class k + card.class_offset.
+* semantic (task "semantic" and "panoptic"): Mask2Former's per-class scores s_k (sum over queries of
+  class probability x mask probability) are not a distribution; with an implicit background we set
+  s_bg = max(0, 1 - max_k s_k) and divide every channel by the per-pixel sum, so the (C, h, w)
+  float32 output sums to 1 and index 0 is background.
+* instance: Mask2Former top-k instances with score > ``postprocess.score_threshold`` painted into a
+  label image (highest score wins on overlap), instances smaller than ``card.min_area`` pixels
+  dropped, labels renumbered 1..K.
+* panoptic: thing segments become instances (score = mean semantic probability of the segment's
+  class over its pixels), stuff is reported through ``semantic``.
+* cards whose instances are restricted to thing classes (a panoptic model run in instance mode)
+  exclude the other classes before the top-k (their logits are set to -inf).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tilesegcli.errors import UsageError
+from tilesegcli.segmenter import TileResult
+
+if TYPE_CHECKING:
+    from tilesegcli.zoo import ModelCard
+
+log = logging.getLogger(__name__)
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """"auto" -> first CUDA device if available else CPU; "cpu"; "cuda" / "cuda:N" (checked)."""
+    text = (device or "auto").strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: CUDA is not available on this machine "
+                             "(use --device cpu or auto)")
+        dev = torch.device(text)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
+                             "device(s) visible")
+        return dev
+    raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
+
+
+def build_model(card: ModelCard) -> nn.Module:
+    """The randomly initialised network a card describes (weights are loaded separately)."""
+    from tilesegcli.nn.aff_m2f import build_aff_m2f
+
+    arch = card.architecture
+    bkw = dict(arch.get("backbone_kwargs", {}))
+    for k, v in list(bkw.items()):
+        if isinstance(v, (list, tuple)):
+            bkw[k] = tuple(v)
+    try:
+        return build_aff_m2f(str(arch["backbone"]), backbone_kwargs=bkw,
+                             **dict(arch.get("head_kwargs", {})))
+    except (KeyError, TypeError, ValueError) as e:
+        from tilesegcli.zoo import InvalidCardError
+
+        raise InvalidCardError(f"model {card.name}: cannot build its architecture: {e}") from None
+
+
+def load_weights(model: nn.Module, path: str | Path, card: ModelCard) -> None:
+    """Strictly load a checkpoint file (official detectron2, ours, or safetensors) into model."""
+    from tilesegcli.nn.aff_m2f import IGNORED_CHECKPOINT_KEYS
+    from tilesegcli.weights import extract_state_dict, load_checkpoint, load_state_dict_strict
+
+    sd = extract_state_dict(load_checkpoint(path), source=str(path))
+    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    ignore = set(card.weights.ignore_keys) | set(IGNORED_CHECKPOINT_KEYS)
+    load_state_dict_strict(model, sd, ignore_keys=ignore, source=str(path))
+
+
+class AFFSegmenter:
+    """Segmenter for AFF + Mask2Former cards; build with ``from_card`` or ``zoo.load_segmenter``."""
+
+    def __init__(self, card: ModelCard, model: nn.Module, *, device: str = "auto",
+                 amp: bool = True, weights_path: str | Path | None = None,
+                 weights_sha256: str | None = None) -> None:
+        self.card = card
+        self.name = card.name
+        self.task = card.task
+        self.classes = list(card.classes)
+        self.mpp = card.mpp
+        self.mpp_unit = card.mpp_unit
+        self.tile_size = card.tile_size
+        self.overlap = card.overlap
+        self.min_area = card.min_area
+        self.weights_path = None if weights_path is None else str(weights_path)
+        self.weights_sha256 = weights_sha256
+        self.device = select_device(device)
+        self.amp = bool(amp) and self.device.type == "cuda"
+        self.model = model.to(self.device).eval()
+        self._mean = torch.tensor(card.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(card.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._div = max(1, int(card.size_divisibility))
+        off = card.class_offset
+        n_model = card.num_model_classes
+        allowed = [k for k in range(n_model) if k + off in set(card.thing_classes)]
+        self._excluded = sorted(set(range(n_model)) - set(allowed)) if card.task == "instance" else []
+        self._things = frozenset(k - off for k in card.thing_classes)
+
+    @classmethod
+    def from_card(cls, card: ModelCard, *, weights: str | Path | None = None,
+                  device: str = "auto", amp: bool = True) -> AFFSegmenter:
+        from tilesegcli.weights import resolve_weights, sha256_file
+
+        path = resolve_weights(card, weights)
+        model = build_model(card)
+        load_weights(model, path, card)
+        sha = card.weights.sha256 if weights is None and card.weights.sha256 else sha256_file(path)
+        return cls(card, model, device=device, amp=amp, weights_path=path, weights_sha256=sha)
+
+    # ------------------------------------------------------------------------------ inference
+
+    def _prepare(self, tiles: np.ndarray) -> torch.Tensor:
+        if not isinstance(tiles, np.ndarray) or tiles.ndim != 4 or tiles.shape[-1] != 3:
+            raise ValueError(f"tiles must be a (B, H, W, 3) array, got "
+                             f"{getattr(tiles, 'shape', type(tiles))}")
+        if tiles.dtype != np.uint8:
+            raise ValueError(f"tiles must be uint8 RGB, got {tiles.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
+        x = (x.permute(0, 3, 1, 2).float() - self._mean) / self._std
+        h, w = x.shape[-2:]
+        ph, pw = -h % self._div, -w % self._div
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), value=0.0)
+        return x
+
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            if self.amp:
+                with torch.autocast("cuda", dtype=torch.float16):
+                    out = self.model(x)
+                logits, masks = out["pred_logits"].float(), out["pred_masks"].float()
+                if bool(torch.isfinite(logits).all()) and bool(torch.isfinite(masks).all()):
+                    return logits, masks
+                log.warning("%s: fp16 outputs not finite; recomputing the batch in fp32", self.name)
+            out = self.model(x)
+            return out["pred_logits"].float(), out["pred_masks"].float()
+
+    def forward(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw network outputs on CPU: pred_logits (B, Q, K+1), pred_masks (B, Q, h/4, w/4)."""
+        logits, masks = self._forward(self._prepare(tiles))
+        return logits.cpu(), masks.cpu()
+
+    def predict_batch(self, tiles: np.ndarray) -> list[TileResult]:
+        """tiles: (B, H, W, 3) uint8 RGB at the card's resolution -> B TileResults."""
+        if len(tiles) == 0:
+            return []
+        logits, masks = self.forward(tiles)
+        hw = (int(tiles.shape[1]), int(tiles.shape[2]))
+        return [self._result(logits[i], masks[i], hw) for i in range(len(tiles))]
+
+    # ------------------------------------------------------------------------------ conversion
+
+    def _semantic(self, logits: torch.Tensor, masks: torch.Tensor,
+                  hw: tuple[int, int]) -> np.ndarray:
+        from tilesegcli.nn.postprocess import semantic_inference
+
+        s = semantic_inference(logits, masks, hw).clamp_min(0)  # (K, H, W)
+        if self.card.background == "implicit":
+            bg = (1.0 - s.max(0).values).clamp_min(0)[None]
+            s = torch.cat([bg, s], 0)
+        s = s / s.sum(0, keepdim=True).clamp_min(1e-6)
+        return s.to(torch.float32).numpy()
+
+    def _result(self, logits: torch.Tensor, masks: torch.Tensor, hw: tuple[int, int]) -> TileResult:
+        from tilesegcli.nn.postprocess import instance_inference, panoptic_inference
+
+        post = self.card.postprocess
+        off = self.card.class_offset
+        if self.task == "semantic":
+            return TileResult(semantic=self._semantic(logits, masks, hw))
+        if self.task == "instance":
+            if self._excluded:
+                logits = logits.clone()
+                logits[:, self._excluded] = float("-inf")
+            inst = instance_inference(logits, masks, hw, topk=int(post.get("top_k", 100)),
+                                      score_threshold=float(post.get("score_threshold", 0.0)))
+            return self._instances(inst.labels, inst.classes + off, inst.scores)
+        sem = self._semantic(logits, masks, hw)
+        pan = panoptic_inference(
+            logits, masks, hw, thing_classes=self._things,
+            object_mask_threshold=float(post.get("object_mask_threshold", 0.8)),
+            overlap_threshold=float(post.get("overlap_threshold", 0.8)))
+        labels = np.zeros(hw, np.int32)
+        classes, scores = [], []
+        for seg in pan.info:
+            if not seg["isthing"]:
+                continue
+            m = pan.segments == seg["id"]
+            c = int(seg["category_id"]) + off
+            labels[m] = len(classes) + 1
+            classes.append(c)
+            scores.append(float(sem[c][m].mean()))
+        return self._instances(labels, np.asarray(classes, np.int64),
+                               np.asarray(scores, np.float32), semantic=sem)
+
+    def _instances(self, labels: np.ndarray, classes: np.ndarray, scores: np.ndarray,
+                   semantic: np.ndarray | None = None) -> TileResult:
+        """Drop instances under min_area pixels and renumber the rest 1..K (order kept)."""
+        labels = np.asarray(labels, np.int32)
+        n = len(scores)
+        if n:
+            area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+            keep = area >= max(1, self.min_area)
+            if not keep.all():
+                remap = np.zeros(n + 1, np.int32)
+                remap[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+                labels = remap[labels]
+                classes, scores = classes[keep], scores[keep]
+        return TileResult(semantic=semantic, labels=labels,
+                          instance_classes=np.asarray(classes, np.int64),
+                          instance_scores=np.asarray(scores, np.float32))
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance: card fingerprint, weights, device."""
+        return {"name": self.name, "card_fingerprint": self.card.fingerprint(),
+                "card_source": self.card.source, "weights": self.weights_path,
+                "weights_sha256": self.weights_sha256, "device": str(self.device),
+                "amp": self.amp}
