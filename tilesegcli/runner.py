@@ -98,7 +98,8 @@ def run_tiles(
     if not batches:
         return stats
     stop = threading.Event()
-    errors: list[BaseException] = []
+    read_errors: list[BaseException] = []  # tiles read before the failure still run
+    errors: list[BaseException] = []  # writer/model failures: stop at once
     q_in: queue.Queue = queue.Queue(maxsize=max(2, num_workers + 1))
     q_out: queue.Queue = queue.Queue(maxsize=2)
 
@@ -125,10 +126,9 @@ def run_tiles(
                 imgs = list(pool.map(read_tile, batch)) if pool else [read_tile(t) for t in batch]
                 if not put(q_in, (batch, np.stack(imgs))):
                     return
-            put(q_in, _END)
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
-            errors.append(e)
-            stop.set()
+            read_errors.append(e)
+        put(q_in, _END)
 
     def consume() -> None:
         try:
@@ -184,8 +184,8 @@ def run_tiles(
         if bar is not None:
             bar.close()
         stats.wall_s = time.perf_counter() - t_start
-    if errors:
-        raise errors[0]
+    if errors or read_errors:
+        raise (errors or read_errors)[0]
     return stats
 
 
