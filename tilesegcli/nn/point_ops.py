@@ -51,6 +51,19 @@ def _disk_offsets(r: int, device: torch.device) -> torch.Tensor:
     return off[(off * off).sum(1) <= r * r]
 
 
+def _knn_int_brute(qi: torch.Tensor, di: torch.Tensor, k: int) -> torch.Tensor:
+    """Exact kNN for integer positions by chunked brute force on keys d2 * N + index."""
+    n_db = di.shape[0]
+    ar = torch.arange(n_db, device=di.device)
+    rows = max(1, _CHUNK_ELEMS // n_db)
+    out = []
+    for s in range(0, qi.shape[0], rows):
+        diff = qi[s : s + rows, None, :] - di[None]
+        key = (diff * diff).sum(-1) * n_db + ar
+        out.append(torch.topk(key, k, dim=1, largest=False, sorted=True).values % n_db)
+    return torch.cat(out)
+
+
 def _knn_grid_one(q: torch.Tensor, d: torch.Tensor, k: int) -> torch.Tensor | None:
     """Exact kNN for one image with integer positions; None if the database has duplicates."""
     n_db = d.shape[0]
@@ -58,13 +71,15 @@ def _knn_grid_one(q: torch.Tensor, d: torch.Tensor, k: int) -> torch.Tensor | No
     di = d.round().long()
     w = int(max(qi[:, 0].max(), di[:, 0].max())) + 1
     h = int(max(qi[:, 1].max(), di[:, 1].max())) + 1
+    r = max(1, math.ceil(math.sqrt(k * h * w / (math.pi * n_db))) + 1)
+    if n_db <= 3 * (2 * r + 1) ** 2:  # a dense scan is cheaper than the disk search
+        return _knn_int_brute(qi, di, k)
     canvas = torch.full((h * w,), -1, dtype=torch.long, device=d.device)
     flat = di[:, 1] * w + di[:, 0]
     canvas[flat] = torch.arange(n_db, device=d.device)
     if int((canvas >= 0).sum()) != n_db:
         return None
     out = torch.empty((q.shape[0], k), dtype=torch.long, device=q.device)
-    r = max(1, math.ceil(math.sqrt(k * h * w / (math.pi * n_db))) + 1)
     pending = torch.arange(q.shape[0], device=q.device)
     while pending.numel():
         off = _disk_offsets(r, q.device)

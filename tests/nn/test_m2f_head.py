@@ -1,0 +1,73 @@
+"""AFF Mask2Former head on synthetic tokens: shapes, trainability, official key names."""
+
+from __future__ import annotations
+
+import torch
+
+from tilesegcli.nn.aff_m2f import HEAD_PRESETS, AFFMask2FormerHead
+from tilesegcli.nn.criterion import SetCriterion
+from tilesegcli.nn.types import BackboneOutput, PointLevel
+
+CH = {"res2": 16, "res3": 32, "res4": 48, "res5": 64}
+
+
+def _tokens(seed: int, b: int = 2, h: int = 16, w: int = 20) -> BackboneOutput:
+    """res2 = every cell (random order); deeper levels = nested random subsets."""
+    g = torch.Generator().manual_seed(seed)
+    levels = {}
+    per_img = [torch.randperm(h * w, generator=g) for _ in range(b)]
+    n = h * w
+    for name in ("res2", "res3", "res4", "res5"):
+        cells = torch.stack([p[:n] for p in per_img])
+        pos = torch.stack([cells % w, cells // w], dim=-1).float()
+        levels[name] = PointLevel(torch.randn(b, n, CH[name], generator=g), pos)
+        n //= 4
+    return BackboneOutput(levels, (h, w))
+
+
+def _head(**kw) -> AFFMask2FormerHead:
+    cfg = {k: v for k, v in HEAD_PRESETS["fixture"].items() if k != "alpha"}
+    cfg.update(kw)
+    return AFFMask2FormerHead(CH, **cfg)
+
+
+def test_head_shapes_and_dense_masks() -> None:
+    torch.manual_seed(0)
+    head = _head().eval()
+    feats = _tokens(0)
+    with torch.no_grad():
+        out = head(feats)
+    assert out["pred_logits"].shape == (2, 12, 4)
+    assert out["pred_masks"].shape == (2, 12, 16, 20)
+    assert len(out["aux_outputs"]) == 3
+    # dense mask at cell (x, y) equals the mask logit of the res2 token there
+    assert torch.isfinite(out["pred_masks"]).all()
+
+
+def test_head_is_trainable_end_to_end() -> None:
+    torch.manual_seed(1)
+    head = _head()
+    feats = _tokens(1)
+    out = head(feats)
+    masks = torch.zeros(1, 64, 80, dtype=torch.bool)
+    masks[0, 10:30, 20:50] = True
+    tg = [{"labels": torch.tensor([1]), "masks": masks}] * 2
+    loss = SetCriterion(3, num_points=100)(out, tg)["loss"]
+    loss.backward()
+    pd = head.pixel_decoder
+    for p in (pd.transformer.encoder.layers[0].self_attn.sampling_offsets.weight,
+              pd.transformer.encoder.layers[0].self_attn.shepard_power,
+              pd.layer_1[0].weight_net[0].weight, pd.input_proj[0][0].weight,
+              head.predictor.query_feat.weight):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+
+
+def test_coco_head_has_fixed_shepard_power_and_no_key() -> None:
+    head = _head(shepard_power=4.0, shepard_power_learnable=False)
+    assert not any("shepard_power" in k for k in head.state_dict())
+    assert head.pixel_decoder.transformer.encoder.layers[0].self_attn.shepard_power == 2.0
+    learn = _head()
+    keys = set(learn.state_dict())
+    assert "pixel_decoder.transformer.encoder.layers.0.self_attn.shepard_power" in keys
+    assert "predictor.mask_embed.layers.2.weight" in keys
+    assert "pixel_decoder.layer_1.0.weight_net.1.weight" in keys

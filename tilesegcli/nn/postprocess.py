@@ -1,0 +1,184 @@
+"""Mask2Former inference: semantic / instance / panoptic results from raw predictions (AFF-REFERENCE §3.3).
+
+Owns the standard Mask2Former semantics on one image's ``pred_logits`` (Q, K+1) and stride-4
+``pred_masks`` (Q, h, w) mask logits:
+* masks are bilinearly upsampled (align_corners=False) to the padded input (4h, 4w), cropped to
+  the input size and optionally resized to an output size (detectron2 ``sem_seg_postprocess``);
+* semantic: sum_q softmax(class)[:K] x sigmoid(mask) -> (K, H, W) probabilities;
+* instance: top-k over Q x K class scores, mask = logit > 0, score x mean sigmoid inside the mask;
+  also as a label image where the highest score wins on overlap;
+* panoptic: keep queries with score > object_mask_threshold, argmax of score x prob, drop segments
+  whose visible part is < overlap_threshold of their mask, merge stuff segments of one class.
+Work is done in query chunks so memory stays O(H x W x chunk), not O(Q x H x W).
+Class indices are the model's 0-based indices over its K classes (no background shift).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+_CHUNK = 16  # queries upsampled at once
+
+
+def upsample_masks(
+    mask_logits: torch.Tensor, input_hw: tuple[int, int], output_hw: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """(Q, h, w) stride-4 logits -> (Q, H, W): upsample to (4h, 4w), crop to input_hw, resize."""
+    q, h, w = mask_logits.shape
+    up = F.interpolate(mask_logits[None].float(), size=(4 * h, 4 * w), mode="bilinear",
+                       align_corners=False)
+    up = up[:, :, : input_hw[0], : input_hw[1]]
+    if output_hw is not None and tuple(output_hw) != tuple(input_hw):
+        up = F.interpolate(up, size=tuple(output_hw), mode="bilinear", align_corners=False)
+    return up[0]
+
+
+def _chunks(n: int):
+    for s in range(0, n, _CHUNK):
+        yield s, min(n, s + _CHUNK)
+
+
+def semantic_inference(
+    pred_logits: torch.Tensor,
+    pred_masks: torch.Tensor,
+    input_hw: tuple[int, int],
+    output_hw: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """Per-class probabilities (K, H, W) = einsum(softmax(cls)[:, :K], sigmoid(upsampled mask))."""
+    cls = F.softmax(pred_logits.float(), dim=-1)[:, :-1]
+    out = None
+    for s, e in _chunks(pred_masks.shape[0]):
+        m = upsample_masks(pred_masks[s:e], input_hw, output_hw).sigmoid()
+        part = torch.einsum("qc,qhw->chw", cls[s:e], m)
+        out = part if out is None else out + part
+    assert out is not None
+    return out
+
+
+@dataclass
+class Instances:
+    """Instance predictions of one image, sorted by descending score.
+
+    labels: (H, W) int32, 0 = none, i = instance i (1-based, highest score wins on overlap);
+    classes (N,) int64 and scores (N,) float32 of instances 1..N. Instances left without any
+    visible pixel are dropped, so every label 1..N occurs.
+    """
+
+    labels: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray
+
+
+def instance_candidates(
+    pred_logits: torch.Tensor, topk: int = 100
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k (query, class) pairs over Q x K softmax scores -> (query idx, class idx, class score)."""
+    scores = F.softmax(pred_logits.float(), dim=-1)[:, :-1]
+    q, k = scores.shape
+    top_scores, flat = scores.flatten().topk(min(topk, q * k), sorted=True)
+    return torch.div(flat, k, rounding_mode="floor"), flat % k, top_scores
+
+
+def instance_inference(
+    pred_logits: torch.Tensor,
+    pred_masks: torch.Tensor,
+    input_hw: tuple[int, int],
+    output_hw: tuple[int, int] | None = None,
+    *,
+    topk: int = 100,
+    score_threshold: float = 0.0,
+) -> Instances:
+    """Mask2Former instance inference, painted into one label image (highest score wins)."""
+    qidx, classes, cls_scores = instance_candidates(pred_logits, topk)
+    qs = torch.unique(qidx)
+    # mask score per distinct query: mean sigmoid inside (logit > 0)
+    mask_score = torch.zeros(pred_masks.shape[0])
+    hw = None
+    for s, e in _chunks(len(qs)):
+        m = upsample_masks(pred_masks[qs[s:e]], input_hw, output_hw)
+        hw = m.shape[-2:]
+        fg = (m > 0).float().flatten(1)
+        mask_score[qs[s:e]] = (m.sigmoid().flatten(1) * fg).sum(1) / (fg.sum(1) + 1e-6)
+    if hw is None:
+        hw = tuple(output_hw or input_hw)
+    scores = cls_scores * mask_score[qidx]
+    order = torch.argsort(scores, descending=True, stable=True)
+    order = order[scores[order] > score_threshold]
+    qidx, classes, scores = qidx[order], classes[order], scores[order]
+    # paint from the highest score down; a pixel keeps the first (best) instance covering it
+    labels = torch.zeros(hw, dtype=torch.int32)
+    cache: dict[int, torch.Tensor] = {}
+    for i in range(len(order)):
+        qi = int(qidx[i])
+        if qi not in cache:
+            if len(cache) >= _CHUNK:
+                cache.clear()
+            cache[qi] = upsample_masks(pred_masks[qi : qi + 1], input_hw, output_hw)[0] > 0
+        free = cache[qi] & (labels == 0)
+        labels[free] = i + 1
+    present = torch.zeros(len(order) + 1, dtype=torch.bool)
+    present[labels.flatten().long()] = True
+    keep = present[1:]
+    remap = torch.zeros(len(order) + 1, dtype=torch.int32)
+    remap[1:][keep] = torch.arange(1, int(keep.sum()) + 1, dtype=torch.int32)
+    labels = remap[labels.long()]
+    return Instances(labels.numpy(), classes[keep].numpy().astype(np.int64),
+                     scores[keep].numpy().astype(np.float32))
+
+
+@dataclass
+class Panoptic:
+    """segments: (H, W) int32 segment ids (0 = void); info: [{id, category_id, isthing}]."""
+
+    segments: np.ndarray
+    info: list[dict]
+
+
+def panoptic_inference(
+    pred_logits: torch.Tensor,
+    pred_masks: torch.Tensor,
+    input_hw: tuple[int, int],
+    output_hw: tuple[int, int] | None = None,
+    *,
+    thing_classes: set[int] | frozenset[int] = frozenset(),
+    object_mask_threshold: float = 0.8,
+    overlap_threshold: float = 0.8,
+) -> Panoptic:
+    """Mask2Former panoptic inference (stuff = classes not in ``thing_classes``)."""
+    num_classes = pred_logits.shape[-1] - 1
+    scores, labels = F.softmax(pred_logits.float(), dim=-1).max(-1)
+    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+    kq = torch.nonzero(keep).flatten()
+    hw = upsample_masks(pred_masks[:1], input_hw, output_hw).shape[-2:]
+    seg = torch.zeros(hw, dtype=torch.int32)
+    info: list[dict] = []
+    if len(kq) == 0:
+        return Panoptic(seg.numpy(), info)
+    masks = torch.cat([upsample_masks(pred_masks[kq[s:e]], input_hw, output_hw).sigmoid()
+                       for s, e in _chunks(len(kq))])
+    cur_scores, cur_classes = scores[kq], labels[kq]
+    ids = (cur_scores.view(-1, 1, 1) * masks).argmax(0)
+    stuff_memory: dict[int, int] = {}
+    current = 0
+    for k in range(len(kq)):
+        cls = int(cur_classes[k])
+        isthing = cls in thing_classes
+        mask_area = int((ids == k).sum())
+        original_area = int((masks[k] >= 0.5).sum())
+        mask = (ids == k) & (masks[k] >= 0.5)
+        if mask_area > 0 and original_area > 0 and int(mask.sum()) > 0:
+            if mask_area / original_area < overlap_threshold:
+                continue
+            if not isthing:
+                if cls in stuff_memory:
+                    seg[mask] = stuff_memory[cls]
+                    continue
+                stuff_memory[cls] = current + 1
+            current += 1
+            seg[mask] = current
+            info.append({"id": current, "isthing": bool(isthing), "category_id": cls})
+    return Panoptic(seg.numpy(), info)
