@@ -78,15 +78,16 @@ class AttentionPlan:
     """Cluster-blocked attention layout of one stage, shared by all its blocks.
 
     Queries are the stage's tokens in cluster order, viewed as k blocks of m (padded to k*m). Every
-    block attends to the members of the union of its tokens' nearest clusters (L keys); `bias` holds
-    0 for a token's own neighbours, -100 for padding slots of its own clusters (official) and -inf
-    for union keys outside its neighbourhood, so each token's softmax covers exactly its own
-    neighbourhood. This turns the per-token gathers into dense per-block matmuls.
+    block attends to the members of the union of its tokens' nearest clusters plus the blank token
+    (L keys, the last one is the blank: index n, table row T, bias 0). `bias` holds 0 for a token's
+    own neighbours, -100 for padding slots of its own clusters (as the official code) and -inf for
+    union keys outside its neighbourhood, so each token's softmax covers exactly its own
+    neighbourhood and the blank. Per-token gathers become dense per-block matmuls.
     """
 
-    key_idx: torch.Tensor  # (B, k, L) int64 token index of each key
+    key_idx: torch.Tensor  # (B, k, L) int64 token index of each key; n = blank token
     bias: torch.Tensor  # (B, k, m, L) float32
-    pe_idx: torch.Tensor  # (B, k, m, L) int32 row of `table`
+    pe_idx: torch.Tensor  # (B, k, m, L) int64 row of `table`; T = blank (zero bias)
     table: torch.Tensor  # (T, 5) relative-position features
     m: int
     n: int
@@ -107,13 +108,23 @@ def _plan_pe(pos: torch.Tensor, key_idx: torch.Tensor, qpos: torch.Tensor, live:
     if clamp is not None:
         radius = min(radius, clamp)
     width = 2 * radius + 1
-    pe_idx = torch.empty(b, k, m, L, dtype=torch.int32, device=pos.device)
+    pe_idx = torch.empty(b, k, m, L, dtype=torch.long, device=pos.device)
     for s in range(0, k, step):
         kp = _flat_gather(pos, key_idx[:, s : s + step])
         rel = (kp[:, :, None] - qpos[:, s : s + step, :, None]).long().clamp(-radius, radius) + radius
         idx = rel[..., 1] * width + rel[..., 0]
         pe_idx[:, s : s + step] = torch.where(live[:, s : s + step], idx, radius * width + radius)
     return pe_idx, rel_table(radius).to(pos.device)
+
+
+def _with_blank(key_idx: torch.Tensor, bias: torch.Tensor, pe_idx: torch.Tensor, table: torch.Tensor,
+                m: int, n: int) -> AttentionPlan:
+    """Append the blank-token key column (token index n, table row T, bias 0)."""
+    b, k, _ = key_idx.shape
+    key_idx = torch.cat([key_idx, key_idx.new_full((b, k, 1), n)], dim=2)
+    pe_idx = torch.cat([pe_idx, pe_idx.new_full((b, k, m, 1), table.shape[0])], dim=3)
+    bias = torch.cat([bias, bias.new_zeros(b, k, m, 1)], dim=3)
+    return AttentionPlan(key_idx, bias, pe_idx, table, m, n)
 
 
 def plan_clusters(pos: torch.Tensor, nearest: torch.Tensor, m: int, clamp: int | None) -> AttentionPlan:
@@ -140,7 +151,7 @@ def plan_clusters(pos: torch.Tensor, nearest: torch.Tensor, m: int, clamp: int |
         qpos = torch.cat([pos, pos[:, :1].expand(-1, k * m - n, -1)], 1).reshape(b, k, m, 2)
         live = own.expand(-1, -1, -1, -1, m).reshape(b, k, m, umax * m)
         pe_idx, table = _plan_pe(pos, key_idx, qpos, live, clamp)
-        return AttentionPlan(key_idx, bias.float(), pe_idx, table, m, n)
+        return _with_blank(key_idx, bias.float(), pe_idx, table, m, n)
 
 
 def plan_global(pos: torch.Tensor, clamp: int | None) -> AttentionPlan:
@@ -151,7 +162,7 @@ def plan_global(pos: torch.Tensor, clamp: int | None) -> AttentionPlan:
         live = torch.ones(b, 1, n, n, dtype=torch.bool, device=pos.device)
         pe_idx, table = _plan_pe(pos, key_idx, pos.reshape(b, 1, n, 2), live, clamp)
         bias = torch.zeros(b, 1, n, n, device=pos.device)
-        return AttentionPlan(key_idx, bias, pe_idx, table, n, n)
+        return _with_blank(key_idx, bias, pe_idx, table, n, n)
 
 
 def plan_attention(
@@ -162,47 +173,41 @@ def plan_attention(
     """Cluster attention through an AttentionPlan; same function as `neighbourhood_attention`.
 
     q (B, n, C) already scaled, kv (B, n, 2C) per head [k_h | v_h]. Returns (B, n, C) before `proj`.
+    Works head-major: keys/values (h, B*(n+1), ch) with the blank token as row n of every image.
     """
     b, n, c = q.shape
     h, ch, m = num_heads, c // num_heads, plan.m
     k, L = plan.key_idx.shape[1:]
     kv_h = kv.reshape(b, n, h, 2, ch)
-    keys = kv_h[:, :, :, 0].reshape(b * n, c)
-    vals = kv_h[:, :, :, 1].reshape(b * n, c)
+
+    def table_of(t: torch.Tensor, blank: torch.Tensor) -> torch.Tensor:  # (b, n, h, ch) -> (h, b*(n+1), ch)
+        t = torch.cat([t, blank.reshape(1, 1, h, ch).to(t.dtype).expand(b, 1, h, ch)], dim=1)
+        return t.permute(2, 0, 1, 3).reshape(h, b * (n + 1), ch)
+
+    keys = table_of(kv_h[:, :, :, 0], blank_k)
+    vals = table_of(kv_h[:, :, :, 1], blank_v)
     if k * m > n:
         q = torch.cat([q, q.new_zeros(b, k * m - n, c)], dim=1)
-    qh = q.reshape(b, k, m, h, ch).permute(0, 1, 3, 2, 4)  # (b, k, h, m, ch)
+    qh = q.reshape(b, k, m, h, ch).permute(3, 0, 1, 2, 4)  # (h, b, k, m, ch)
     pe_tab = pos_embed(plan.table.to(pos_embed.weight.dtype)).to(q.dtype)  # (T, h)
-    bk = blank_k.reshape(1, 1, h, 1, ch).to(q.dtype)
-    bv = blank_v.reshape(1, 1, h, 1, ch).to(q.dtype)
-    base = (torch.arange(b, device=q.device) * n).view(b, 1, 1)
-    step = max(1, CHUNK_ELEMENTS // max(b * (2 * L * c + 4 * m * L * h), 1))
+    pe_tab = torch.cat([pe_tab, pe_tab.new_zeros(1, h)]).t().contiguous()  # (h, T+1)
+    base = (torch.arange(b, device=q.device) * (n + 1)).view(b, 1, 1)
+    step = max(1, CHUNK_ELEMENTS // max(b * (2 * L * c + 3 * m * L * h), 1))
     outs = []
     for s in range(0, k, step):
         e = min(k, s + step)
         kc = e - s
         flat = (plan.key_idx[:, s:e] + base).reshape(-1)
-        kg = keys.index_select(0, flat).view(b, kc, L, h, ch).permute(0, 1, 3, 4, 2)
-        qc = qh[:, s:e]
-        logits = torch.matmul(qc, kg)  # (b, kc, h, m, L)
-        pe = pe_tab.index_select(0, plan.pe_idx[:, s:e].reshape(-1)).view(b, kc, m, L, h)
-        logits = logits + pe.permute(0, 1, 4, 2, 3)
-        logits = logits + plan.bias[:, s:e].unsqueeze(2).to(logits.dtype)
-        blank = (qc * bk).sum(-1)  # (b, kc, h, m)
-        top = torch.maximum(logits.amax(-1), blank).detach()
-        ex = torch.exp(logits - top.unsqueeze(-1))
-        eb = torch.exp(blank - top)
-        den = ex.sum(-1) + eb
-        attn = ex / den.unsqueeze(-1)
-        ab = (eb / den).unsqueeze(-1)
+        kg = keys.index_select(1, flat).view(h, b, kc, L, ch)
+        logits = torch.matmul(qh[:, :, s:e], kg.transpose(-1, -2))  # (h, b, kc, m, L)
+        pe = pe_tab.index_select(1, plan.pe_idx[:, s:e].reshape(-1)).view(h, b, kc, m, L)
+        attn = (logits + pe + plan.bias[:, s:e].to(logits.dtype)).softmax(dim=-1)
         if attn_drop > 0 and training:
             attn = F.dropout(attn, attn_drop, training=True)
-            ab = F.dropout(ab, attn_drop, training=True)
-        vg = vals.index_select(0, flat).view(b, kc, L, h, ch).permute(0, 1, 3, 2, 4)
-        out = torch.matmul(attn, vg) + ab * bv  # (b, kc, h, m, ch)
-        outs.append(out.permute(0, 1, 3, 2, 4).reshape(b, kc * m, c))
-    out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-    return out[:, :n]
+        vg = vals.index_select(1, flat).view(h, b, kc, L, ch)
+        outs.append(torch.matmul(attn, vg))  # (h, b, kc, m, ch)
+    out = torch.cat(outs, dim=2) if len(outs) > 1 else outs[0]
+    return out.permute(1, 2, 3, 0, 4).reshape(b, k * m, c)[:, :n]
 
 
 def neighbourhood_attention(
