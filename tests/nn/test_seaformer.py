@@ -4,6 +4,7 @@ train/eval behaviour, official key renaming, and that the tiny variant learns a 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,6 +17,15 @@ from tilesegcli.nn.seaformer import (
     seaformer_test,
     seaformer_tiny,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(_few_threads: None) -> Iterator[None]:
+    # these nets run many tiny ops: a second intra-op thread only adds contention on shared cores
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
 
 
 def _n(m: torch.nn.Module) -> int:
