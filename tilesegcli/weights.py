@@ -137,6 +137,19 @@ def _cached_or_download(url: str, dest: Path, *, sha256: str | None, size: int |
     return download_file(url, dest, sha256=sha256, size=size)
 
 
+def _progress(total: int | None, name: str):
+    """A tqdm bar on stderr when it is a terminal (never in pipes/logs), else None."""
+    import sys
+
+    if not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, unit="B", unit_scale=True, desc=name, file=sys.stderr)
+
+
 def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None = None,
                   size: int | None = None, timeout: float = 60.0, verify_load: bool = True) -> Path:
     """Download ``url`` to ``dest`` atomically: temp file in dest's folder, length + sha256 (+
@@ -157,10 +170,15 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None = Non
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as resp:
                     declared = resp.headers.get("Content-Length")
+                    bar = _progress(int(declared) if declared else None, dest.name)
                     while chunk := resp.read(_CHUNK):
                         out.write(chunk)
                         h.update(chunk)
                         received += len(chunk)
+                        if bar is not None:
+                            bar.update(len(chunk))
+                    if bar is not None:
+                        bar.close()
             except urllib.error.HTTPError as e:
                 raise WeightsError(f"HTTP {e.code} ({e.reason}) for {url}: {manual}") from None
             except (urllib.error.URLError, OSError, http.client.HTTPException) as e:

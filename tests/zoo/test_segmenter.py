@@ -159,6 +159,8 @@ def test_wrong_architecture_and_bad_inputs(tiny, tmp_path):
     with pytest.raises(ValueError, match="B, H, W, 3"):
         seg.predict_batch(np.zeros((64, 64, 3), np.uint8))
     assert seg.predict_batch(np.zeros((0, 64, 64, 3), np.uint8)) == []
+    with pytest.raises(UsageError, match="cannot override"):
+        load_segmenter(tiny["dir"] / "instance.json", device="cpu", num_queries=3)
 
 
 def test_device_selection():

@@ -41,9 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def select_device(device: str = "auto") -> torch.device:
+def select_device(device: str | torch.device | None = "auto") -> torch.device:
     """"auto" -> first CUDA device if available else CPU; "cpu"; "cuda" / "cuda:N" (checked)."""
-    text = (device or "auto").strip().lower()
+    text = str(device or "auto").strip().lower()
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if text == "cpu":
