@@ -92,7 +92,8 @@ def tissue_mask(
     min_px = max(8, int(min_object_frac * tissue.size))
     tissue = morphology.remove_small_objects(tissue, max_size=min_px)
     tissue = morphology.remove_small_holes(tissue, max_size=min_px)
-    return ndimage.binary_dilation(tissue, iterations=1)
+    # 1-px safety margin into glass, but never onto ink or black background
+    return ndimage.binary_dilation(tissue, iterations=1) & cand
 
 
 # --------------------------------------------------------------------------- ROI
@@ -243,5 +244,5 @@ def select_tiles(fg: ForegroundMask | None, grid: GridSpec,
 
         geoms = shapely.box(boxes[:, 0], boxes[:, 1], boxes[:, 0] + boxes[:, 2],
                             boxes[:, 1] + boxes[:, 3])
-        keep &= shapely.intersects(geoms, fg.roi)
+        keep &= shapely.intersects(geoms, fg.roi) & ~shapely.touches(geoms, fg.roi)
     return [t for t, k in zip(tiles, keep, strict=True) if k]

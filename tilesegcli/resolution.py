@@ -88,34 +88,70 @@ def _level_and_scale(params: Any) -> tuple[int, float]:
     return int(params.level), float(params.level_scale)
 
 
+def _valid_work_box(reader: Any, level: int, s: float, x: int, y: int, w: int, h: int
+                    ) -> tuple[int, int, int, int] | None:
+    """The part of the working window that lies on the image (work px), or None."""
+    lv = reader.info.levels[level]
+    vx0, vy0 = max(x, 0), max(y, 0)
+    vx1 = min(x + w, math.ceil(lv.width / s - 1e-9))
+    vy1 = min(y + h, math.ceil(lv.height / s - 1e-9))
+    return (vx0, vy0, vx1, vy1) if vx1 > vx0 and vy1 > vy0 else None
+
+
+def _resample(reader: Any, level: int, s: float, box: tuple[int, int, int, int],
+              mask: bool) -> np.ndarray | None:
+    """Resample the on-image work box from the level, reading only pixels on the image so the
+    filter never mixes in padding (no dark/white halo at image borders)."""
+    vx0, vy0, vx1, vy1 = box
+    lv = reader.info.levels[level]
+    fx0, fy0 = vx0 * s, vy0 * s
+    fx1, fy1 = min(vx1 * s, lv.width), min(vy1 * s, lv.height)
+    m = 0 if mask else 2 + int(math.ceil(s))  # filter support margin
+    lx0, ly0 = max(0, int(math.floor(fx0)) - m), max(0, int(math.floor(fy0)) - m)
+    lx1 = min(lv.width, int(math.ceil(fx1)) + m)
+    ly1 = min(lv.height, int(math.ceil(fy1)) + m)
+    if mask:
+        src = reader.read_valid_mask(level, lx0, ly0, lx1 - lx0, ly1 - ly0)
+        if src is None:
+            return None
+    else:
+        src = reader.read_region(level, lx0, ly0, lx1 - lx0, ly1 - ly0)
+    filt = "nearest" if mask else ("lanczos" if s > 1 else "bicubic")
+    return resize_rgb(src, vx1 - vx0, vy1 - vy0, (fx0 - lx0, fy0 - ly0, fx1 - lx0, fy1 - ly0), filt)
+
+
 def read_work_region(reader: Any, params: Any, x: int, y: int, w: int, h: int) -> np.ndarray:
     """(h, w, 3) uint8 RGB of the working-resolution window (x, y, w, h).
 
     ``params`` is a GridSpec (or anything with ``.level`` and ``.level_scale``) or the tuple
-    returned by :func:`choose_level`. Reads the covering window of the level (+2 px margin for
-    the filter) and resamples with PIL: Lanczos when shrinking, bicubic when enlarging. Windows
-    past the image edge are padded with the reader's background, as ``read_region`` does."""
+    returned by :func:`choose_level`. Reads the covering window of the level (+ a margin for the
+    filter, clipped to the image) and resamples with PIL: Lanczos when shrinking, bicubic when
+    enlarging. Work pixels off the image are the reader's background, as in ``read_region``."""
     level, s = _level_and_scale(params)
     if s == 1.0:
         return reader.read_region(level, x, y, w, h)
-    fx0, fy0, fx1, fy1 = x * s, y * s, (x + w) * s, (y + h) * s
-    m = 2 + int(math.ceil(s))  # margin for the filter support
-    lx0, ly0 = int(math.floor(fx0)) - m, int(math.floor(fy0)) - m
-    lx1, ly1 = int(math.ceil(fx1)) + m, int(math.ceil(fy1)) + m
-    src = reader.read_region(level, lx0, ly0, lx1 - lx0, ly1 - ly0)
-    box = (fx0 - lx0, fy0 - ly0, fx1 - lx0, fy1 - ly0)
-    return resize_rgb(src, w, h, box, "lanczos" if s > 1 else "bicubic")
+    out = np.full((h, w, 3), getattr(reader, "background", 255), np.uint8)
+    box = _valid_work_box(reader, level, s, x, y, w, h)
+    if box is not None:
+        part = _resample(reader, level, s, box, mask=False)
+        assert part is not None
+        out[box[1] - y : box[3] - y, box[0] - x : box[2] - x] = part
+    return out
 
 
 def read_work_mask(reader: Any, params: Any, x: int, y: int, w: int, h: int) -> np.ndarray | None:
-    """(h, w) bool valid mask at working resolution (nearest), or None when the input has none."""
+    """(h, w) bool valid mask at working resolution (nearest; off-image = False), or None when
+    the input has no mask source."""
     level, s = _level_and_scale(params)
     if s == 1.0:
         return reader.read_valid_mask(level, x, y, w, h)
-    fx0, fy0, fx1, fy1 = x * s, y * s, (x + w) * s, (y + h) * s
-    lx0, ly0 = int(math.floor(fx0)), int(math.floor(fy0))
-    lx1, ly1 = int(math.ceil(fx1)), int(math.ceil(fy1))
-    m = reader.read_valid_mask(level, lx0, ly0, lx1 - lx0, ly1 - ly0)
-    if m is None:
+    if not getattr(reader, "has_valid_mask", True):
         return None
-    return resize_rgb(m, w, h, (fx0 - lx0, fy0 - ly0, fx1 - lx0, fy1 - ly0), "nearest")
+    out = np.zeros((h, w), bool)
+    box = _valid_work_box(reader, level, s, x, y, w, h)
+    if box is not None:
+        part = _resample(reader, level, s, box, mask=True)
+        if part is None:
+            return None
+        out[box[1] - y : box[3] - y, box[0] - x : box[2] - x] = part
+    return out

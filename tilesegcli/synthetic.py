@@ -92,7 +92,7 @@ def tissue_like_with_truth(
     img += noise
     if pen is not None:
         colour = {"blue": (40, 70, 190), "green": (40, 160, 80), "black": (25, 25, 30)}[pen]
-        band = np.abs((yy - 0.1 * height) - 0.15 * (xx - 0.1 * width)) < max(2, height // 60)
+        band = np.abs((yy - 0.5 * height) - 0.15 * (xx - 0.5 * width)) < max(2, height // 60)
         band &= (xx > 0.05 * width) & (xx < 0.95 * width)
         img[band] = colour
         tissue &= ~band
