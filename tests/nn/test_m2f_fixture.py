@@ -107,3 +107,15 @@ def test_head_matches_official(seg: dict, backbone_out) -> None:
     with torch.no_grad():
         out = head(backbone_out)
     _check_predictions(out, seg["io"])
+
+
+def test_full_model_matches_official(aff_fixtures: Path, seg: dict) -> None:
+    """Backbone (tilesegcli.nn.aff) + head from the normalised input, official checkpoint file."""
+    from tilesegcli.nn.aff_m2f import build_aff_m2f_preset, load_official_checkpoint
+
+    model = build_aff_m2f_preset("aff_fixture", "fixture")
+    load_official_checkpoint(model, aff_fixtures / "seg_checkpoint.pth")
+    model.eval()
+    with torch.no_grad():
+        out = model(seg["io"]["input"])
+    _check_predictions(out, seg["io"])

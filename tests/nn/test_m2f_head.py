@@ -71,3 +71,43 @@ def test_coco_head_has_fixed_shepard_power_and_no_key() -> None:
     assert "pixel_decoder.transformer.encoder.layers.0.self_attn.shepard_power" in keys
     assert "predictor.mask_embed.layers.2.weight" in keys
     assert "pixel_decoder.layer_1.0.weight_net.1.weight" in keys
+
+
+def test_full_model_checkpoint_roundtrip_and_errors(tmp_path) -> None:
+    import pickle
+
+    import pytest
+
+    from tilesegcli.errors import WeightsError
+    from tilesegcli.nn.aff_m2f import build_aff_m2f_preset, load_official_checkpoint
+
+    torch.manual_seed(0)
+    src = build_aff_m2f_preset("aff_fixture", "fixture").eval()
+    sd = dict(src.state_dict())
+    sd["criterion.empty_weight"] = torch.ones(4)
+    good = tmp_path / "model_final.pth"
+    torch.save({"model": sd, "iteration": 5}, good)
+    torch.manual_seed(1)
+    dst = build_aff_m2f_preset("aff_fixture", "fixture").eval()
+    load_official_checkpoint(dst, good)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        a, b = src(x), dst(x)
+    assert torch.equal(a["pred_masks"], b["pred_masks"])
+    assert a["pred_masks"].shape == (1, 12, 16, 24)
+
+    bad_sd = {k: v for k, v in sd.items() if k != "sem_seg_head.predictor.query_feat.weight"}
+    torch.save({"model": bad_sd}, tmp_path / "missing.pth")
+    torch.save({"model": {**sd, "sem_seg_head.extra": torch.ones(1)}}, tmp_path / "extra.pth")
+    shape_sd = dict(sd)
+    shape_sd["sem_seg_head.predictor.class_embed.bias"] = torch.ones(9)
+    torch.save({"model": shape_sd}, tmp_path / "shape.pth")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"model": Evil()}))
+    for name in ("missing.pth", "extra.pth", "shape.pth", "evil.pth", "absent.pth"):
+        with pytest.raises(WeightsError):
+            load_official_checkpoint(dst, tmp_path / name)
