@@ -313,11 +313,22 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.Path
     return sha256_file(path)
 
 
-def copy_into_cache(src: str | os.PathLike, filename: str) -> Path:
-    """Copy a manually downloaded file to where ``resolve_weights`` looks (atomic)."""
-    dest = weights_dir() / filename
+def install_weights(card: ModelCard, src: str | os.PathLike) -> Path:
+    """Verify a manually downloaded file (size, sha256, safe loading) and copy it atomically to
+    where ``resolve_weights`` looks for ``card``'s weights. Returns the cached path."""
+    spec = card.weights
+    if spec.bundled:
+        raise WeightsError(f"model {card.name} ships its weights; nothing to install")
+    src = Path(src)
+    _check_sha(src, spec.sha256, spec.size)
+    load_checkpoint(src)
+    dest = weights_dir() / (spec.filename or src.name)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return dest

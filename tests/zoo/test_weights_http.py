@@ -248,3 +248,32 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "h"))
     assert cache_dir() == tmp_path / "h" / ".cache" / "tileseg"
+
+
+def test_models_fetch_cli_download_and_install(env, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from tilesegcli.cli.models import models
+
+    s = env["server"]
+    card = {"name": "fetchable", "task": "semantic", "classes": ["a"], "tile_size": 64,
+            "architecture": {"backbone": "none", "head": "mask2former"},
+            "weights": {"url": f"{s.url}/good.pth", "sha256": hashlib.sha256(env["good"]).hexdigest(),
+                        "filename": "fetchable.pth"}}
+    (tmp_path / "fetchable.json").write_text(json.dumps(card))
+    r = CliRunner().invoke(models, ["fetch", str(tmp_path / "fetchable.json")])
+    assert r.exit_code == 0, r.output
+    cached = env["cache"] / "fetchable.pth"
+    assert r.output.strip() == str(cached) and cached.read_bytes() == env["good"]
+    cached.unlink()
+    local = tmp_path / "downloaded.pth"
+    local.write_bytes(env["good"])
+    r = CliRunner().invoke(models, ["fetch", str(tmp_path / "fetchable.json"), "--from", str(local)])
+    assert r.exit_code == 0 and cached.read_bytes() == env["good"]
+    assert s.hits == ["/good.pth"]  # installing did not download
+    local.write_bytes(env["good"][:-10])
+    cached.unlink()
+    r = CliRunner().invoke(models, ["fetch", str(tmp_path / "fetchable.json"), "--from", str(local)])
+    assert isinstance(r.exception, WeightsError) and _cache_files(env["cache"]) == []

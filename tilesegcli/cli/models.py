@@ -99,3 +99,24 @@ def show(name: str, as_json: bool) -> None:
         lines.append("metrics:     " + ", ".join(f"{k} {v}" for k, v in card.metrics.items()))
     lines += [f"licence:     {card.licence}", f"source:      {card.source}"]
     click.echo("\n".join(lines))
+
+
+@models.command("fetch")
+@click.argument("name")
+@click.option("--from", "src", type=click.Path(exists=True, dir_okay=False),
+              help="Install this already downloaded file instead of downloading.")
+def fetch(name: str, src: str | None) -> None:
+    """Download (or install) a model's weights into the cache and verify them; prints the path.
+
+    Run it once on a machine with network access (e.g. an HPC login node) before offline runs.
+
+    \b
+    $ tileseg models fetch aff-mini.coco
+    $ tileseg models fetch aff-mini.coco --from ~/Downloads/aff_mini.pth
+    """
+    from tilesegcli.weights import install_weights, resolve_weights
+    from tilesegcli.zoo import load_card
+
+    card = load_card(name)
+    path = install_weights(card, src) if src else resolve_weights(card)
+    click.echo(str(path))
