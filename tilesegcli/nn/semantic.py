@@ -15,7 +15,6 @@ Card architecture (``head`` "seaformer" or "focal_fpn")::
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,35 +60,14 @@ def build_semantic_net(architecture: Mapping[str, Any]) -> nn.Module:
     return foc[name](**bb_kw, **head_kw)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def load_semantic_state(net: nn.Module, state_dict: Mapping[str, torch.Tensor], *, family: str,
+                        source: str = "checkpoint", ignore_keys: Sequence[str] = ()) -> None:
+    """Load our own or official (renamed by the family's ``checkpoint_filter_fn``) tensors
+    strictly: every parameter must come from the file."""
+    from tilesegcli.weights import load_state_dict_strict
 
-
-def load_semantic_weights(net: nn.Module, path: str | Path, *, family: str,
-                          sha256: str | None = None) -> None:
-    """Load official or our own weights strictly (``weights_only`` / safetensors); checksum first."""
-    import torch
-
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"weights file not found: {path}")
-    if sha256 is not None and _sha256(path) != sha256.lower():
-        raise WeightsError(f"weights {path.name}: sha256 mismatch (corrupt or wrong file)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            sd: dict[str, torch.Tensor] = load_file(str(path))
-        else:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one user-facing error
-        raise WeightsError(f"cannot read weights {path.name}: {e}") from e
-    if not isinstance(sd, dict):
-        raise WeightsError(f"weights {path.name}: not a state dict")
+    ignore = set(ignore_keys)
+    sd = {k: v for k, v in state_dict.items() if k not in ignore}
     ours = net.state_dict()
     if not set(sd) <= set(ours):  # foreign (official) key names: rename them
         if family == "seaformer":
@@ -99,15 +77,26 @@ def load_semantic_weights(net: nn.Module, path: str | Path, *, family: str,
         try:
             sd = checkpoint_filter_fn(sd, net)
         except ValueError as e:
-            raise WeightsError(f"weights {path.name}: {e}") from e
-    missing = sorted(k for k in ours if k not in sd and not k.endswith("num_batches_tracked"))
-    if missing:
-        raise WeightsError(f"weights {path.name}: {len(missing)} parameters missing "
-                           f"(e.g. {missing[0]}); is this a {family} checkpoint of this size?")
-    try:
-        net.load_state_dict(sd, strict=False)
-    except RuntimeError as e:
-        raise WeightsError(f"weights {path.name}: {str(e).splitlines()[0]}") from e
+            raise WeightsError(f"{source}: {e}") from None
+    for k in ours:  # BN step counters carry no information; tolerate their absence
+        if k.endswith("num_batches_tracked") and k not in sd:
+            sd[k] = ours[k]
+    load_state_dict_strict(net, sd, source=source)
+
+
+def load_semantic_weights(net: nn.Module, path: str | Path, *, family: str,
+                          sha256: str | None = None) -> None:
+    """Read a weights file without executing code (safetensors / ``weights_only``), verify its
+    sha256 when given, and load it strictly into ``net``."""
+    from tilesegcli.weights import extract_state_dict, load_checkpoint, sha256_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if sha256 is not None and sha256_file(path) != sha256.lower():
+        raise WeightsError(f"{path}: sha256 mismatch (corrupt or wrong file)")
+    sd = extract_state_dict(load_checkpoint(path), source=path.name)
+    load_semantic_state(net, sd, family=family, source=path.name)
 
 
 def resolve_device(device: str) -> str:
@@ -156,21 +145,12 @@ class SemanticSegmenter:
         arch = card.architecture
         family = _family(str(arch.get("backbone", "")))
         net = build_semantic_net(arch)
-        spec = card.weights
-        path: Path | None = Path(weights) if weights is not None else None
-        if path is None and spec.bundled and spec.filename and card.base_dir:
-            path = Path(card.base_dir) / spec.filename
-        if path is None and spec.filename:
-            try:  # engineer C's weights cache, when present
-                from tilesegcli import weights as wmod
+        from tilesegcli.weights import extract_state_dict, load_checkpoint, resolve_weights
 
-                path = Path(wmod.fetch_weights(card))  # type: ignore[attr-defined]
-            except (ImportError, AttributeError):
-                path = None
-        if path is None:
-            raise WeightsError(f"model {card.name}: no weights available; pass a weights file")
-        load_semantic_weights(net, path, family=family,
-                              sha256=None if weights is not None else spec.sha256)
+        path = resolve_weights(card, weights)  # explicit > bundled > cache > download; sha256
+        sd = extract_state_dict(load_checkpoint(path), source=path.name)
+        load_semantic_state(net, sd, family=family, source=path.name,
+                            ignore_keys=card.weights.ignore_keys)
         return cls(net, name=card.name, classes=card.classes, class_offset=card.class_offset,
                    mean=card.mean, std=card.std, mpp=card.mpp, mpp_unit=card.mpp_unit,
                    tile_size=card.tile_size, overlap=card.overlap,
