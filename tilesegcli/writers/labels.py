@@ -146,11 +146,11 @@ class LabelsWriter:
         bx0, by0, bx1, by1 = geom.bounds
         x0, y0 = max(0, math.floor(bx0)), max(0, math.floor(by0))
         x1, y1 = min(self.width, math.ceil(bx1)), min(self.height, math.ceil(by1))
-        for by in range(y0, y1, self.band_px):
-            by1 = min(y1, by + self.band_px)
-            if by // self.band_px >= self.flushed_until:  # still buffered: queue it there
-                self.pending.setdefault(by // self.band_px, []).append(item)
+        for b in range(y0 // self.band_px, (y1 - 1) // self.band_px + 1 if y1 > y0 else 0):
+            if b >= self.flushed_until:  # that band is still buffered: queue it there
+                self.pending.setdefault(b, []).append(item)
                 continue
+            by, by1 = max(y0, b * self.band_px), min(y1, (b + 1) * self.band_px)
             for name, value in (("instances", oid), ("classes", cls)):
                 if value <= 0:
                     continue
