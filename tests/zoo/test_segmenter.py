@@ -163,6 +163,18 @@ def test_wrong_architecture_and_bad_inputs(tiny, tmp_path):
         load_segmenter(tiny["dir"] / "instance.json", device="cpu", num_queries=3)
 
 
+def test_mixed_precision_path_runs_close_to_fp32(tiny):
+    """The AMP path (CUDA fp16 in production) exercised on CPU with bfloat16 autocast."""
+    seg = load_segmenter(tiny["dir"] / "semantic.json", device="cpu")
+    assert seg.amp is False  # never on CPU by default
+    t = _tiles(1, 64, 64)
+    ref_logits, _ = seg.forward(t)
+    seg.amp, seg._amp_dtype = True, torch.bfloat16
+    logits, masks = seg.forward(t)
+    assert logits.dtype == torch.float32 and torch.isfinite(masks).all()
+    assert (logits.softmax(-1) - ref_logits.softmax(-1)).abs().max() < 0.1
+
+
 def test_device_selection():
     from tilesegcli.nn.segmenter import select_device
 

@@ -2,8 +2,9 @@
 
 Owns the path from uint8 RGB tiles to ``TileResult``s for a model card: device choice
 (``"auto" | "cpu" | "cuda[:N]"``), normalisation with the card's mean/std, zero padding to the
-card's size divisibility (as detectron2 does after normalising), fp16 autocast on CUDA only (a batch
-whose fp16 outputs are not finite is recomputed in fp32), ``torch.inference_mode``, the network
+card's size divisibility (as detectron2 does after normalising), fp16 autocast on CUDA only with the
+pixel decoder kept in fp32 as in the official code (a batch whose fp16 outputs are not finite is
+recomputed in fp32), ``torch.inference_mode``, the network
 (``tilesegcli.nn.aff_m2f``) and its post-processing (``tilesegcli.nn.postprocess``), then the
 conversion to tileseg's conventions:
 
@@ -107,7 +108,8 @@ class AFFSegmenter:
         self.weights_path = None if weights_path is None else str(weights_path)
         self.weights_sha256 = weights_sha256
         self.device = select_device(device)
-        self.amp = bool(amp) and self.device.type == "cuda"
+        self.amp = bool(amp) and self.device.type == "cuda"  # AMP on CUDA only
+        self._amp_dtype = torch.float16
         self.model = model.to(self.device).eval()
         self._mean = torch.tensor(card.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(card.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
@@ -145,11 +147,26 @@ class AFFSegmenter:
             x = F.pad(x, (0, pw, 0, ph), value=0.0)
         return x
 
+    def _amp_model(self, x: torch.Tensor) -> dict:
+        """Mixed precision like the official code: backbone and transformer decoder under
+        autocast, the pixel decoder in fp32 (it is numerically sensitive: Shepard weights)."""
+        dev, dt = self.device.type, self._amp_dtype
+        head = getattr(self.model, "sem_seg_head", None)
+        if head is None or not hasattr(head, "pixel_decoder") or not hasattr(head, "predictor"):
+            with torch.autocast(dev, dtype=dt):
+                return self.model(x)
+        with torch.autocast(dev, dtype=dt):
+            feats = self.model.backbone(x)
+        with torch.autocast(dev, enabled=False):
+            pd = head.pixel_decoder(feats)
+        with torch.autocast(dev, dtype=dt):
+            return head.predictor(pd.multi_scale_features, pd.multi_scale_pos, pd.mask_features,
+                                  pd.mask_pos, pd.canvas_hw)
+
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
             if self.amp:
-                with torch.autocast("cuda", dtype=torch.float16):
-                    out = self.model(x)
+                out = self._amp_model(x)
                 logits, masks = out["pred_logits"].float(), out["pred_masks"].float()
                 if bool(torch.isfinite(logits).all()) and bool(torch.isfinite(masks).all()):
                     return logits, masks
