@@ -24,9 +24,9 @@ def slide_svs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def big_svs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """2600 x 2300 px slide: enough tiles (~100) to kill a run in the middle."""
+    """2000 x 1800 px slide: enough tiles (~60) to kill a run in the middle."""
     p = tmp_path_factory.mktemp("slides") / "big.svs"
-    return synthetic.write_slide_tiff(p, synthetic.tissue_like(2600, 2300, seed=5, n_blobs=5),
+    return synthetic.write_slide_tiff(p, synthetic.tissue_like(2000, 1800, seed=5, n_blobs=5),
                                       kind="svs", mpp=0.5, tile=256)
 
 
