@@ -193,3 +193,16 @@ def test_from_card_focal_pt_weights_and_missing_head(tmp_path: Path) -> None:
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsError, match="bad.pt"):
         SemanticSegmenter.from_card(_card(tmp_path, arch, "bad.pt", None), device="cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("build", [seaformer_test, focal_test])
+def test_cuda_matches_cpu(build) -> None:
+    torch.manual_seed(0)
+    net = build(num_classes=3)
+    tiles = _tiles(2, 48, 40)
+    cpu = SemanticSegmenter(net, name="t", classes=_classes(3), device="cpu").predict_batch(tiles)
+    gpu = SemanticSegmenter(net, name="t", classes=_classes(3), device="cuda").predict_batch(tiles)
+    for a, b in zip(cpu, gpu, strict=True):
+        np.testing.assert_allclose(a.semantic, b.semantic, atol=1e-4)
