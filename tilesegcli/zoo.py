@@ -10,7 +10,9 @@ Card format (JSON object, ``"format": 1``)::
     name              str   model name ("aff-tiny.coco-instance"); bundled cards: = file stem
     description       str   one paragraph: data, task, resolution reasoning, caveats
     extends           str   optional: a bundled name or a card path (relative to this card) whose
-                            fields this card inherits; objects merge recursively, the rest replaces
+                            fields this card inherits; objects (architecture, input, postprocess)
+                            merge recursively; weights, backbone_weights, classes, metrics and
+                            all other values are replaced as a whole
     task              "semantic" | "instance" | "panoptic"
     architecture      {"backbone": "aff_mini", "backbone_kwargs": {...},
                        "head": "mask2former", "head_kwargs": {"num_classes": K, ...}}
@@ -208,10 +210,16 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+# Replaced as a whole by a child card: a new weights file must not inherit the parent's checksum.
+_REPLACED_WHOLE = frozenset({"weights", "backbone_weights", "classes", "metrics"})
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any], top: bool = False) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+        if top and k in _REPLACED_WHOLE:
+            out[k] = v
+        elif isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
             out[k] = _merge(out[k], v)
         else:
             out[k] = v
@@ -264,7 +272,7 @@ def _load_raw(name_or_path: str | os.PathLike, seen: tuple[str, ...] = ()) -> tu
         if not bundled and (parent.endswith(".json") or "/" in parent):
             ref = (path.parent / parent)
         base, _, _ = _load_raw(ref, seen + (key,))
-        data = _merge(base, data)
+        data = _merge(base, data, top=True)
         data.pop("extends", None)
     return data, path, bundled
 

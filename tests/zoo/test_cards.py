@@ -138,10 +138,12 @@ def test_user_card_by_path_dir_and_extends(tmp_path):
     assert v2.base_dir == str(sub)
     ext = tmp_path / "ext.json"
     ext.write_text(json.dumps({"extends": "aff-tiny.coco-instance", "name": "coco-tuned",
-                               "weights": {"url": None, "filename": "t.pth"}}))
+                               "weights": {"url": None, "filename": "t.pth"},
+                               "architecture": {"head_kwargs": {"num_classes": 80}}}))
     t = load_card(ext)
     assert t.architecture["backbone"] == "aff_tiny" and t.weights.filename == "t.pth"
-    assert t.weights.ignore_keys == ("criterion.empty_weight",)  # objects merge recursively
+    assert t.weights.ignore_keys == () and t.weights.sha256 is None  # weights replaced whole
+    assert t.architecture["head_kwargs"]["num_queries"] == 100  # architecture merges
 
 
 @pytest.mark.parametrize("bad, msg", [
