@@ -224,3 +224,26 @@ def test_closed_reader_and_bad_args(slides: dict[str, Path]) -> None:
     r.close()  # idempotent
     with pytest.raises(SlideReadError, match="closed"):
         r.read_region(0, 0, 0, 4, 4)
+
+
+@pytest.mark.parametrize("kind", ["svs", "generic"])
+def test_non_8bit_rgb_pyramids_use_tifffile(tmp_path: Path, kind: str) -> None:
+    """OpenSlide would open these but truncate 16-bit / premultiply alpha; auto avoids it."""
+    rng = np.random.default_rng(5)
+    g16 = rng.integers(0, 60000, (300, 260), dtype=np.uint16)
+    rgba = rng.integers(0, 255, (300, 260, 4), dtype=np.uint8)
+    for name, arr in (("g16", g16), ("rgba", rgba)):
+        p = syn.write_slide_tiff(tmp_path / f"{name}.tif", arr, kind=kind, compression="zlib",
+                                 tile=64)
+        assert detect_backend(p) == "tifffile"
+        with open_reader(p) as r:
+            assert r.info.backend == "tifffile" and len(r.info.levels) == 4
+            assert r.info.mpp == pytest.approx(0.5)
+            got = r.read_region(0, 0, 0, 260, 300)
+            if name == "rgba":
+                np.testing.assert_array_equal(got, rgba[..., :3])
+                np.testing.assert_array_equal(r.read_valid_mask(0, 0, 0, 260, 300), rgba[..., 3] > 0)
+            else:
+                lo, hi = np.percentile(g16, [0.5, 99.5])
+                ref = np.clip((g16 - lo) * 255 / (hi - lo) + 0.5, 0, 255).astype(np.uint8)
+                assert np.abs(got[..., 0].astype(int) - ref).max() <= 12  # range from a subsample

@@ -1,8 +1,9 @@
 """Readers: one small interface (:class:`Reader`) over OpenSlide, tifffile + zarr, and Pillow.
 
 ``open_reader(path, backend="auto")`` picks the backend:
-* GeoTIFF (geo tags) and OME-TIFF -> tifffile (OpenSlide would drop georeferencing and
-  SubIFD pyramids / physical sizes);
+* GeoTIFF (geo tags), OME-TIFF, and TIFFs that are not 8-bit gray/RGB -> tifffile (OpenSlide
+  would drop georeferencing and SubIFD pyramids / physical sizes, truncate 16-bit samples to
+  their high byte and premultiply alpha);
 * anything OpenSlide recognises (svs, ndpi, mrxs, scn, bif, vms, DICOM, generic tiled TIFF) ->
   OpenSlide, falling back to tifffile when OpenSlide then refuses to open it;
 * other TIFFs (flat, stripped, e.g. kidney-48-5.tif) -> tifffile; everything else -> Pillow.
@@ -41,7 +42,8 @@ def _check_path(path: str | Path) -> Path:
 
 
 def _tiff_prefers_tifffile(p: Path) -> bool:
-    """GeoTIFF or OME-TIFF: metadata only tifffile keeps."""
+    """GeoTIFF / OME-TIFF (metadata only tifffile keeps) and anything but 8-bit gray/RGB
+    (OpenSlide's libtiff path silently truncates 16-bit and premultiplies alpha)."""
     import tifffile
 
     from tilesegcli.readers.geotiff import GEO_TAGS
@@ -49,7 +51,9 @@ def _tiff_prefers_tifffile(p: Path) -> bool:
     try:
         with tifffile.TiffFile(p) as tf:
             page = tf.pages.first
-            return tf.is_ome or any(code in page.tags for code in GEO_TAGS)
+            if tf.is_ome or any(code in page.tags for code in GEO_TAGS):
+                return True
+            return page.bitspersample != 8 or page.samplesperpixel not in (1, 3)
     except Exception:
         return False
 

@@ -10,14 +10,17 @@ Normalisation rule (applied to every read, identical for every backend):
   bands 1-3). An alpha band is never painted into the RGB; it feeds ``read_valid_mask``.
 * dtype: uint8 as is; bool -> 0/255; complex -> magnitude; any other dtype (uint16, int16, float)
   is mapped linearly from a per-file robust range ``value_range`` = (0.5th, 99.5th) percentiles
-  of the valid pixels of a low-resolution sample, computed once at open so every tile of a file
-  gets the same mapping; NaN -> 0.
+  (all bands jointly) of the valid pixels of a strided sample of about 1024 x 1024 pixels,
+  computed once at open so every tile of a file gets the same mapping; NaN -> 0.
 * windows partly or fully outside the image are padded with ``background`` (255 white for
   brightfield slides, 0 for georeferenced rasters).
 
 Thread safety: ``read_region``/``read_valid_mask``/``thumbnail`` may be called from any thread
-(e.g. the runner's prefetch thread). Backends whose library is not thread-safe serialise their
-raw reads with ``self._lock``; OpenSlide handles are thread-safe and are not serialised.
+(e.g. the runner's prefetch thread) and concurrently from several. OpenSlide handles are
+thread-safe and not serialised (reads run in parallel). The tifffile backend serialises raw reads
+with ``self._lock`` (tifffile itself decodes the chunks of one read in parallel on machines with
+>= 3 cores); Pillow images are in memory. Closing a reader while another thread reads is not
+supported: stop the reader threads first.
 """
 
 from __future__ import annotations

@@ -224,8 +224,11 @@ class TiffReader(BaseReader):
             return None
 
     def _sample_range(self) -> tuple[float, float]:
-        i = len(self._levels.arrays) - 1
-        w, h = self._levels.size(i)
+        # coarsest level that still has >= 1024 px on its long side, then a strided (not
+        # averaged) sample: averaging in coarse levels would shrink the value range
+        sizes = [self._levels.size(k) for k in range(len(self._levels.arrays))]
+        i = max([k for k, (w, h) in enumerate(sizes) if max(w, h) >= 1024], default=0)
+        w, h = sizes[i]
         step = max(1, int(np.ceil(max(w, h) / 1024)))
         raw = self._read_level(i, 0, 0, w, h, step)
         valid = self._valid_from_raw(raw)
