@@ -14,7 +14,7 @@ import torch
 from tilesegcli.errors import UsageError, WeightsError
 from tilesegcli.nn.focal import focal_test
 from tilesegcli.nn.seaformer import checkpoint_filter_fn, seaformer_test
-from tilesegcli.nn.semantic import SemanticSegmenter, build_semantic_net
+from tilesegcli.nn.semantic import SemanticSegmenter, build_semantic_net, load_backbone_weights
 from tilesegcli.segmenter import ClassInfo, Segmenter
 
 
@@ -206,3 +206,49 @@ def test_cuda_matches_cpu(build) -> None:
     gpu = SemanticSegmenter(net, name="t", classes=_classes(3), device="cuda").predict_batch(tiles)
     for a, b in zip(cpu, gpu, strict=True):
         np.testing.assert_allclose(a.semantic, b.semantic, atol=1e-4)
+
+
+def test_backbone_init_from_official_imagenet_checkpoints(tmp_path: Path) -> None:
+    # SeaFormer ImageNet checkpoint: bare official names + a Linear classifier, EMA weights
+    torch.manual_seed(5)
+    src = seaformer_test(num_classes=3)
+    bare = {k[len("backbone."):]: v for k, v in _official_names(src.state_dict()).items()
+            if k.startswith("backbone.")}
+    bare["linear.weight"] = torch.zeros(1000, 24)
+    torch.save({"state_dict_ema": bare}, tmp_path / "sea_cls.pth")
+    torch.manual_seed(6)
+    dst = seaformer_test(num_classes=5)
+    head_before = {k: v.clone() for k, v in dst.head.state_dict().items()}
+    assert load_backbone_weights(dst, tmp_path / "sea_cls.pth", family="seaformer") == []
+    for k, v in src.backbone.state_dict().items():
+        assert torch.equal(dst.backbone.state_dict()[k], v), k
+    for k, v in dst.head.state_dict().items():
+        assert torch.equal(head_before[k], v), k
+
+    # Focal ImageNet checkpoint: official names, one final norm, 1000-class head, index buffers
+    inverse = [(".attn.rpb_local", ".attn.relative_position_bias_table"),
+               (".attn.rpb_neighbors", ".attn.relative_position_bias_table_to_neighbors"),
+               (".attn.rpb_pooled.", ".attn.relative_position_bias_table_to_windows."),
+               (".pool.", ".pool_layers."), ("out_norms.3.", "norm.")]
+    fsrc = focal_test(num_classes=3)
+    official = {}
+    for k, v in fsrc.backbone.state_dict().items():
+        if k.startswith(("out_norms.0.", "out_norms.1.", "out_norms.2.")):
+            continue
+        for a, b in inverse:
+            k = k.replace(a, b)
+        official[k] = v
+    official["head.weight"] = torch.zeros(1000, 64)
+    official["layers.0.blocks.0.attn.relative_position_index"] = torch.zeros(16, 16)
+    torch.save({"model": official}, tmp_path / "focal_cls.pth")
+    fdst = focal_test(num_classes=2)
+    left = load_backbone_weights(fdst, tmp_path / "focal_cls.pth", family="focal")
+    assert sorted(left) == sorted(f"backbone.out_norms.{i}.{p}" for i in range(3)
+                                  for p in ("weight", "bias"))
+    for k, v in fsrc.backbone.state_dict().items():
+        if not k.startswith(("out_norms.0.", "out_norms.1.", "out_norms.2.")):
+            assert torch.equal(fdst.backbone.state_dict()[k], v), k
+    # a checkpoint of another size is refused with a clear error
+    with pytest.raises(WeightsError, match="missing|shape"):
+        load_backbone_weights(focal_test(num_classes=2, embed_dim=16, head_dim=16),
+                              tmp_path / "focal_cls.pth", family="focal")

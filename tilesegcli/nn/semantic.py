@@ -99,6 +99,50 @@ def load_semantic_weights(net: nn.Module, path: str | Path, *, family: str,
     load_semantic_state(net, sd, family=family, source=path.name)
 
 
+# ImageNet checkpoints carry one final norm only: the per-stage output norms of our Focal
+# backbone (LayerNorm, identity at init) may stay at their initial values
+_BACKBONE_MAY_MISS = ("backbone.out_norms.0.", "backbone.out_norms.1.", "backbone.out_norms.2.")
+
+
+def load_backbone_weights(net: nn.Module, path: str | Path, *, family: str) -> list[str]:
+    """Initialise ``net.backbone`` from an ImageNet (classification) or segmentation checkpoint,
+    official or ours; the head keeps its random init. Returns the backbone keys left at init
+    (only the Focal per-stage output norms may be); anything else missing is a WeightsError."""
+    from tilesegcli.weights import extract_state_dict, load_checkpoint
+
+    path = Path(path)
+    obj = load_checkpoint(path)
+    if isinstance(obj.get("state_dict_ema"), Mapping):  # timm EMA weights (official SeaFormer)
+        obj = obj["state_dict_ema"]
+    sd = extract_state_dict(obj, source=path.name)
+    if family == "seaformer":
+        from tilesegcli.nn.seaformer import checkpoint_filter_fn
+
+        heads = ("backbone.", "decode_head.", "auxiliary_head.", "head.")
+        sd = {(k if k.startswith(heads) else "backbone." + k): v for k, v in sd.items()}
+    else:
+        from tilesegcli.nn.focal import checkpoint_filter_fn
+    ours = net.state_dict()
+    if not set(sd) <= set(ours):  # official names
+        try:
+            sd = checkpoint_filter_fn(sd, net)
+        except ValueError as e:
+            raise WeightsError(f"{path.name}: {e}") from None
+    sd = {k: v for k, v in sd.items() if k.startswith("backbone.") and k in ours}
+    left = [k for k in ours if k.startswith("backbone.") and k not in sd
+            and not k.endswith("num_batches_tracked")]
+    bad = [k for k in left if not k.startswith(_BACKBONE_MAY_MISS)]
+    if bad:
+        raise WeightsError(f"{path.name}: {len(bad)} backbone parameters missing (e.g. {bad[0]}); "
+                           f"is this a {family} checkpoint of this size?")
+    for k, v in sd.items():
+        if ours[k].shape != v.shape:
+            raise WeightsError(f"{path.name}: {k} has shape {tuple(v.shape)}, "
+                               f"model {tuple(ours[k].shape)}")
+    net.load_state_dict(sd, strict=False)
+    return left
+
+
 def resolve_device(device: str) -> str:
     import torch
 
