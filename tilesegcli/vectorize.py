@@ -73,15 +73,34 @@ def labels_to_geometries(
     {label: Polygon | MultiPolygon}; area of each geometry equals its pixel count.
     """
     import shapely
-    from shapely.geometry import shape
 
-    parts: dict[int, list] = {}
+    values: list[int] = []
+    ring_lens: list[int] = []
+    ring_poly: list[int] = []
+    coords: list = []
     for gj, value in _iter_shapes(labels, mask, float(offset[0]), float(offset[1])):
-        parts.setdefault(int(value), []).append(shape(gj))
+        p = len(values)
+        values.append(int(value))
+        for ring in gj["coordinates"]:
+            ring_lens.append(len(ring))
+            ring_poly.append(p)
+            coords.extend(ring)
+    if not values:
+        return {}
+    # build every polygon in a few vectorized shapely calls (much faster than shape() per dict)
+    xy = np.array(coords, dtype=np.float64)
+    rings = shapely.linearrings(xy, indices=np.repeat(np.arange(len(ring_lens)), ring_lens))
+    polys = shapely.polygons(rings, indices=np.asarray(ring_poly))
+    valid = shapely.is_valid(polys)
     out: dict[int, BaseGeometry] = {}
-    for value, polys in parts.items():
-        geom = polys[0] if len(polys) == 1 else shapely.MultiPolygon(polys)
-        out[value] = make_valid_polygonal(geom)
+    multi: dict[int, list] = {}
+    for value, poly, ok in zip(values, polys, valid, strict=True):
+        if value in out or value in multi:
+            multi.setdefault(value, [out.pop(value)] if value in out else []).append(poly)
+        else:
+            out[value] = poly if ok else make_valid_polygonal(poly)
+    for value, parts in multi.items():
+        out[value] = make_valid_polygonal(shapely.MultiPolygon(parts))
     return out
 
 
@@ -202,4 +221,4 @@ class OutputTransform:
                 return None
         if obj.measurements:
             meas = {**meas, **obj.measurements}
-        return dataclasses.replace(obj, geometry=self.map_geometry(geom), measurements=meas)
+        return type(obj)(self.map_geometry(geom), obj.class_id, obj.score, obj.kind, obj.merged, meas)

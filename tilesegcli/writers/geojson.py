@@ -109,6 +109,7 @@ class FeatureWriter:
         self.transform = transform
         self.count = 0
         self.skipped = 0
+        self._keys: dict[str, str] = {}
         self._seq = fmt == "geojsonseq"
         self._cls_json = [
             json.dumps({"name": c.name, "color": [int(v) for v in c.color]}, ensure_ascii=False)
@@ -128,8 +129,15 @@ class FeatureWriter:
         if 0 < obj.class_id < len(self._cls_json):
             props.append('"classification": ' + self._cls_json[obj.class_id])
         if obj.measurements:
-            meas = {k: _num(float(v)) for k, v in obj.measurements.items()}
-            props.append('"measurements": ' + json.dumps(meas, ensure_ascii=False))
+            keys = self._keys
+            items = []
+            for k, v in obj.measurements.items():
+                kj = keys.get(k)
+                if kj is None:
+                    kj = keys[k] = json.dumps(k, ensure_ascii=False)
+                v = float(v)
+                items.append(f"{kj}: {v!r}" if math.isfinite(v) else f'{kj}: "{_num(v)}"')
+            props.append('"measurements": {' + ", ".join(items) + "}")
         if obj.merged:
             props.append('"metadata": {"tileseg_merged": "true"}')
         return (
