@@ -149,6 +149,21 @@ def test_param_counts_match_paper(size: str, millions: float) -> None:
     assert round(n / 1e6, 1) == millions
 
 
+# same README, "Use Conv: Yes" rows (overlapping conv patch embedding / downsampling)
+@pytest.mark.parametrize("size,millions", [("tiny", 30.8), ("small", 53.1), ("base", 93.3)])
+def test_conv_embed_param_counts_match_paper(size: str, millions: float) -> None:
+    bb = build_focal_backbone(size, expand_sizes=(3, 3, 3, 0), conv_embed=True)
+    n = _n(bb) - sum(_n(m) for m in list(bb.out_norms)[:3]) + bb.dims[-1] * 1000 + 1000
+    assert round(n / 1e6, 1) == millions
+
+
+def test_conv_embed_keeps_feature_sizes() -> None:
+    net = build_focal("test", 2, conv_embed=True).eval()
+    with torch.no_grad():
+        feats = net.backbone(torch.randn(1, 3, 37, 53))
+    assert [tuple(f.shape[-2:]) for f in feats.values()] == [(10, 14), (5, 7), (3, 4), (2, 2)]
+
+
 def test_exact_tiny_count_is_stable() -> None:
     bb = build_focal_backbone("tiny", expand_sizes=(3, 3, 3, 0))
     n = _n(bb) - sum(_n(m) for m in list(bb.out_norms)[:3]) + 768 * 1000 + 1000

@@ -220,12 +220,20 @@ class FocalBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Non-overlapping patch x patch conv + LayerNorm; pads H, W up to multiples of the patch."""
+    """patch x patch conv (stride patch) + LayerNorm; pads H, W up to multiples of the patch.
 
-    def __init__(self, cin: int, dim: int, patch: int) -> None:
+    ``overlap`` uses the official "conv embedding" instead: 7x7 (stem, padding 2) or 3x3
+    (downsampling, padding 1) kernels with the same stride, hence the same output size.
+    """
+
+    def __init__(self, cin: int, dim: int, patch: int, overlap: bool = False) -> None:
         super().__init__()
         self.patch = patch
-        self.proj = nn.Conv2d(cin, dim, patch, patch)
+        if overlap:
+            k, pad = (7, 2) if patch == 4 else (3, 1)
+            self.proj = nn.Conv2d(cin, dim, k, patch, pad)
+        else:
+            self.proj = nn.Conv2d(cin, dim, patch, patch)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, H', W', D)
@@ -237,11 +245,11 @@ class PatchEmbed(nn.Module):
 
 class FocalStage(nn.Module):
     def __init__(self, dim: int, depth: int, downsample: bool, drop_path: Sequence[float],
-                 **block_kw: object) -> None:
+                 conv_embed: bool = False, **block_kw: object) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(FocalBlock(dim, drop_path=drop_path[i], **block_kw)
                                     for i in range(depth))
-        self.downsample = PatchEmbed(dim, 2 * dim, 2) if downsample else None
+        self.downsample = PatchEmbed(dim, 2 * dim, 2, conv_embed) if downsample else None
 
 
 class FocalBackbone(nn.Module):
@@ -252,10 +260,10 @@ class FocalBackbone(nn.Module):
                  mlp_ratio: float = 4.0, focal_levels: Sequence[int] = (2, 2, 2, 2),
                  focal_windows: Sequence[int] = (7, 5, 3, 1),
                  expand_sizes: Sequence[int] = (3, 3, 3, 3), pool: str = "fc",
-                 drop_path_rate: float = 0.2) -> None:
+                 drop_path_rate: float = 0.2, conv_embed: bool = False) -> None:
         super().__init__()
         n = len(depths)
-        self.patch_embed = PatchEmbed(3, embed_dim, 4)
+        self.patch_embed = PatchEmbed(3, embed_dim, 4, conv_embed)
         dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.dims = [embed_dim * 2**i for i in range(n)]
         self.layers = nn.ModuleList()
@@ -264,7 +272,7 @@ class FocalBackbone(nn.Module):
                 self.dims[i], depths[i], i < n - 1, dpr[sum(depths[:i]):sum(depths[:i + 1])],
                 num_heads=num_heads[i], window_size=window_size, expand_size=expand_sizes[i],
                 focal_level=focal_levels[i], focal_window=focal_windows[i], pool=pool,
-                mlp_ratio=mlp_ratio))
+                mlp_ratio=mlp_ratio, conv_embed=conv_embed))
         self.out_norms = nn.ModuleList(nn.LayerNorm(d) for d in self.dims)
         self.names = [f"res{i + 2}" for i in range(n)]
         self.strides = [4 * 2**i for i in range(n)]
