@@ -286,7 +286,7 @@ def predict(
             else:  # a bug or an unexpected library error: one line, details at debug level
                 msg = f"{type(e).__name__}: {' '.join(str(e).split())}"
                 log.debug("%s failed", p, exc_info=True)
-            log.error("%s: %s", p, msg)
+            log.error("%s", msg if str(p) in msg or p.name in msg else f"{p}: {msg}")
             results.append(SlideResult(input=str(p), status="failed", error=msg,
                                        timings={"total_s": time.perf_counter() - t0}))
     return results
