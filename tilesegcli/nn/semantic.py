@@ -3,8 +3,12 @@
 This module owns ``SemanticSegmenter``: uint8 RGB tiles -> normalised float tensors on the chosen
 device -> logits -> bilinear resize to the tile -> softmax -> ``TileResult.semantic`` (C, h, w)
 float32 with index 0 = background. It also owns ``build_semantic_net`` (card architecture ->
-network) and ``load_semantic_weights`` (file -> verified, renamed, strictly loaded state dict),
-which ``SemanticSegmenter.from_card`` combines for the zoo.
+network), ``load_semantic_weights`` (file -> verified, renamed, strictly loaded state dict),
+which ``SemanticSegmenter.from_card`` combines for the zoo, and ``load_backbone_weights``
+(official ImageNet checkpoints -> backbone init for fine-tuning).
+
+Zoo hook: ``architecture["head"]`` "seaformer" / "focal_fpn" ->
+``tilesegcli.nn.semantic:SemanticSegmenter`` (``from_card(card, weights=, device=)``).
 
 Card architecture (``head`` "seaformer" or "focal_fpn")::
 
