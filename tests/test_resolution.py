@@ -64,8 +64,8 @@ def test_missing_mpp_and_override() -> None:
 
 
 def test_unit_mismatch_is_clear() -> None:
-    with pytest.raises(UsageError, match="m/px"):
-        choose_level(_info(0.25), 0.5, target_unit="m")
+    with pytest.raises(UsageError, match="model 'roads' works in m/px but this input is in µm/px"):
+        choose_level(_info(0.25), 0.5, target_unit="m", model="roads")
     with pytest.raises(UsageError, match="reproject"):
         choose_level(_info(1e-5, unit="deg"), 0.5, target_unit="m")
     assert choose_level(_info(0.3, unit="m"), 0.6, target_unit="m")[1] == pytest.approx(2.0)

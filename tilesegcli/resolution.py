@@ -59,9 +59,14 @@ def choose_level(
     *,
     target_unit: str | None = None,
     snap_tol: float = 0.02,
+    model: str | None = None,
 ) -> tuple[int, float, float]:
-    """(level, downsample level-0 px per working px, level_scale level px per working px)."""
-    check_unit(info, target_unit)
+    """(level, downsample level-0 px per working px, level_scale level px per working px).
+
+    ``target_unit`` (the model card's mpp_unit) must equal the input's ``mpp_unit`` (UsageError
+    naming ``model`` otherwise); no pixel size and no ``mpp_override`` -> MissingResolutionError
+    naming --mpp."""
+    check_unit(info, target_unit, model)
     if not (target_mpp > 0 and math.isfinite(target_mpp)):
         raise UsageError(f"target mpp must be positive, got {target_mpp}")
     mpp0 = effective_mpp(info, mpp_override)
