@@ -154,6 +154,9 @@ class ModelCard:
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
+    def __hash__(self) -> int:  # the mapping fields are read-only views; hash the content
+        return hash(self.fingerprint())
+
     def with_overrides(self, **changes: Any) -> ModelCard:
         """Copy with tiling fields or postprocess keys changed; each change is logged."""
         fields: dict[str, Any] = {}

@@ -187,6 +187,7 @@ def test_overrides_warn_and_change_fingerprint(caplog):
     assert o.tile_size == 256 and o.postprocess["score_threshold"] == 0.3 and o.overlap == c.overlap
     assert "overrides the card default" in caplog.text
     assert o.fingerprint() != c.fingerprint() and c.fingerprint() == load_card(c.name).fingerprint()
+    assert c == load_card(c.name) and len({c, load_card(c.name), o}) == 2  # hashable, by content
     with pytest.raises(Exception, match="cannot override"):
         c.with_overrides(classes=[])
 
