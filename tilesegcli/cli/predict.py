@@ -104,7 +104,7 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
         results = pipeline.predict(paths, model=model, output=output, outdir=outdir, **options)
     finally:
         signal.signal(signal.SIGTERM, old)
-    if str(output) != "-":
+    if str(output) != "-" and str(summary) != "-":  # stdout carries one kind of result
         for r in results:
             if r.status in ("done", "skipped") and r.output:
                 click.echo(r.output)
