@@ -229,11 +229,23 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any], top: bool = False) 
     return out
 
 
+def _bundled_name(text: str) -> str | None:
+    names = card_names()
+    if text in names:
+        return text
+    arch, _, tag = text.partition(".")
+    alias = f"{arch}.{TAG_ALIASES.get(tag, tag)}"
+    return alias if tag and alias in names else None
+
+
 def _locate(name_or_path: str | os.PathLike) -> tuple[Path, bool]:
-    """Return (card file, is_bundled)."""
+    """Return (card file, is_bundled). Plain names are bundled cards; anything that looks like a
+    path (has a slash, ends in .json, or is not a bundled name but exists) is a user card."""
     text = os.fspath(name_or_path)
     looks_like_path = isinstance(name_or_path, os.PathLike) or text.endswith(".json") or (
         os.sep in text or "/" in text)
+    if not looks_like_path and (name := _bundled_name(text)):
+        return _models_dir() / f"{name}.json", True
     p = Path(text).expanduser()
     if p.is_dir():
         cand = p / "card.json"
@@ -243,18 +255,11 @@ def _locate(name_or_path: str | os.PathLike) -> tuple[Path, bool]:
         if len(jsons) == 1:
             return jsons[0], False
         raise ModelNotFoundError(f"{p} is a directory without a card.json")
-    if p.is_file() and (looks_like_path or text not in card_names()):
+    if p.is_file():
         return p, False
     if looks_like_path:
         raise ModelNotFoundError(f"model card not found: {text}")
-    names = card_names()
-    name = text
-    if name not in names and "." in name:
-        arch, _, tag = name.partition(".")
-        name = f"{arch}.{TAG_ALIASES.get(tag, tag)}"
-    if name in names:
-        return _models_dir() / f"{name}.json", True
-    close = difflib.get_close_matches(text, names, n=3, cutoff=0.5)
+    close = difflib.get_close_matches(text, card_names(), n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     if text == DEFAULT_MODEL:
         hint += " (the default nuclei model is not bundled in this build; pass --model)"
