@@ -32,6 +32,28 @@ _QUERY_CHUNK = 8192  # query tokens per sampling chunk
 
 
 @dataclass
+class SamplingTable:
+    """For every canvas cell (raster order) of every encoder level l (row l * h * w + cell): its 4
+    nearest level-l tokens as indices into the concatenated levels, and their positions."""
+
+    tok: torch.Tensor  # (B, L * h * w, 4) int64
+    pos: torch.Tensor  # (B, L * h * w, 8) float: 4 x (x, y)
+    canvas_hw: tuple[int, int]
+
+    @classmethod
+    def build(cls, poss: list[torch.Tensor], canvas_hw: tuple[int, int]) -> SamplingTable:
+        b = poss[0].shape[0]
+        grid = grid_positions(b, canvas_hw, poss[0].device)
+        toks, nbp, start = [], [], 0
+        for p in poss:
+            nb = knn(grid, p, 4)
+            toks.append(nb + start)
+            nbp.append(gather_rows(p, nb).flatten(-2))
+            start += p.shape[1]
+        return cls(torch.cat(toks, 1), torch.cat(nbp, 1), canvas_hw)
+
+
+@dataclass
 class PixelDecoderOutput:
     mask_features: torch.Tensor  # (B, n2, mask_dim) at the res2 tokens
     mask_pos: torch.Tensor  # (B, n2, 2) res2 positions
@@ -89,20 +111,19 @@ class MSDeformAttnPc(nn.Module):
         queries: list[torch.Tensor],
         poss: list[torch.Tensor],
         values: list[torch.Tensor],
-        nb_idx: list[torch.Tensor],
-        canvas_hw: tuple[int, int],
+        table: SamplingTable,
     ) -> list[torch.Tensor]:
         b, _, c = queries[0].shape
         nh, nl, npt = self.n_heads, self.n_levels, self.n_points
         ch = c // nh
-        h, w = canvas_hw
-        sizes = [v.shape[1] for v in values]
-        starts = [sum(sizes[:j]) for j in range(nl)]
-        n_tot = sum(sizes)
-        # value table: row (b * nh + head) * n_tot + token
+        h, w = table.canvas_hw
+        n_tot = sum(v.shape[1] for v in values)
+        # value rows: (b * nh + head) * n_tot + token (tokens of all levels concatenated)
         v = self.value_proj(torch.cat(values, dim=1)).view(b, n_tot, nh, ch)
-        table = v.permute(0, 2, 1, 3).reshape(b * nh * n_tot, ch)
+        vtab = v.permute(0, 2, 1, 3).reshape(b * nh * n_tot, ch)
         row_base = (torch.arange(b * nh, device=v.device) * n_tot).view(b, 1, nh, 1, 1, 1)
+        lvl_base = (torch.arange(nl, device=v.device) * (h * w)).view(1, 1, 1, nl, 1)
+        kk = nl * npt * 4
         outputs = []
         for q, pos in zip(queries, poss, strict=True):
             n = q.shape[1]
@@ -113,21 +134,13 @@ class MSDeformAttnPc(nn.Module):
             for s in range(0, n, _QUERY_CHUNK):
                 e = min(n, s + _QUERY_CHUNK)
                 loc = pos[:, s:e, None, None, None, :] + offs[:, s:e]  # b m nh nl np 2
-                idx_l, w_l = [], []
-                for j in range(nl):
-                    lj = loc[:, :, :, j]  # b m nh np 2
-                    cell = lj.round().long()
-                    gidx = cell[..., 0].clamp(0, w - 1) + cell[..., 1].clamp(0, h - 1) * w
-                    tok = gather_rows(nb_idx[j], gidx)  # b m nh np 4
-                    sw = shepard_weights(lj, gather_rows(poss[j], tok), self.shepard_power)
-                    idx_l.append(tok + starts[j])
-                    w_l.append(sw * attn[:, s:e, :, j, :, None])
-                idx = torch.stack(idx_l, dim=3) + row_base  # b m nh nl np 4
-                wt = torch.stack(w_l, dim=3)
-                kk = nl * npt * 4
-                res = F.embedding_bag(
-                    idx.reshape(-1, kk), table, per_sample_weights=wt.reshape(-1, kk), mode="sum"
-                )
+                cell = loc.round().long()
+                gidx = cell[..., 0].clamp(0, w - 1) + cell[..., 1].clamp(0, h - 1) * w + lvl_base
+                tok = gather_rows(table.tok, gidx)  # b m nh nl np 4
+                nb_pos = gather_rows(table.pos, gidx).unflatten(-1, (4, 2))
+                wt = shepard_weights(loc, nb_pos, self.shepard_power) * attn[:, s:e, ..., None]
+                res = F.embedding_bag((tok + row_base).reshape(-1, kk), vtab,
+                                      per_sample_weights=wt.reshape(-1, kk), mode="sum")
                 out[:, s:e] = res.view(b, e - s, nh, ch)
             outputs.append(self.output_proj(out.reshape(b, n, c)))
         return outputs
@@ -160,11 +173,10 @@ class MSDeformAttnEncoderLayerPc(nn.Module):
         srcs: list[torch.Tensor],
         poss: list[torch.Tensor],
         pos_embeds: list[torch.Tensor],
-        nb_idx: list[torch.Tensor],
-        canvas_hw: tuple[int, int],
+        table: SamplingTable,
     ) -> list[torch.Tensor]:
         queries = [s + p for s, p in zip(srcs, pos_embeds, strict=True)]
-        attn = self.self_attn(queries, poss, srcs, nb_idx, canvas_hw)
+        attn = self.self_attn(queries, poss, srcs, table)
         outs = []
         for s, a in zip(srcs, attn, strict=True):
             s = self.norm1(s + a)
@@ -258,18 +270,16 @@ class MSDeformAttnPixelDecoder(nn.Module):
         canvas = feats.canvas_hw
         lv = feats.levels
         res2 = lv["res2"]
-        b = res2.feat.shape[0]
-        grid = grid_positions(b, canvas, res2.feat.device)
-        srcs, poss, pes, nb_idx = [], [], [], []
+        srcs, poss, pes = [], [], []
         for i, name in enumerate(self.enc_levels):
             x, pos = lv[name].feat.float(), lv[name].pos.float()
             srcs.append(self.input_proj[i](x))
             poss.append(pos)
             pes.append(sine_embed(pos, self.conv_dim // 2) + self.transformer.level_embed[i].view(1, 1, -1))
-            nb_idx.append(knn(grid, pos, 4))
+        table = SamplingTable.build(poss, canvas)
         out = srcs
         for layer in self.transformer.encoder.layers:
-            out = layer(out, poss, pes, nb_idx, canvas)
+            out = layer(out, poss, pes, table)
         x2, p2 = res2.feat.float(), res2.pos.float()
         y = self.adapter_1(x2) + shepard_upsample(p2, poss[-1], out[-1], k=4, power=3)
         y = F.relu(self.layer_1[1](self.layer_1[0](y, p2)))
