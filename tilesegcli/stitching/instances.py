@@ -60,6 +60,7 @@ class _View:
     anchored: bool  # bbox centre lies in this tile's core
     class_id: int
     score: float
+    ghost: bool = False  # already emitted as interior; kept only to absorb other tiles' copies
 
 
 def _window(grid: GridSpec, spec: TileSpec) -> tuple[int, int, int, int]:
@@ -154,6 +155,10 @@ class _SeamPool:
 def _resolve(group: list[_View], stats: StitchStats) -> StitchedObject | None:
     import shapely
 
+    ghosts = sum(v.ghost for v in group)
+    if ghosts:  # emitted already by the tile that had it inside its core
+        stats.duplicate_views += len(group) - ghosts
+        return None
     whole = [v for v in group if not v.cut]
     if len(group) == 1 and whole and not whole[0].anchored:
         stats.duplicate_views += 1
@@ -161,7 +166,6 @@ def _resolve(group: list[_View], stats: StitchStats) -> StitchedObject | None:
     if whole:
         best = max(whole, key=lambda v: (v.anchored, v.crop.area, -v.tile))
         stats.duplicate_views += len(group) - 1
-        stats.owned += 1
         stats.seam_groups += 1
         return StitchedObject(best.geom, best.class_id, best.score, "detection", merged=False)
     parts = [v for v in group if not v.crop.is_empty]
@@ -176,7 +180,6 @@ def _resolve(group: list[_View], stats: StitchStats) -> StitchedObject | None:
         votes[v.class_id] = votes.get(v.class_id, 0.0) + float(a)
     cls = max(votes.items(), key=lambda kv: (kv[1], -kv[0]))[0]
     score = float(np.dot(areas, [v.score for v in parts]) / max(areas.sum(), 1e-12))
-    stats.merged += 1
     stats.seam_groups += 1
     return StitchedObject(geom, cls, score, "detection", merged=True)
 
@@ -217,6 +220,17 @@ def _tile_objects(
     touches = (bx0 < lx1) & (bx1 > lx0) & (by0 < ly1) & (by1 > ly0)
     interior = inside & ~cut
     seam = touches & ~interior
+    # interior objects close to an inner core edge are also remembered as "ghosts": a neighbour
+    # whose prediction differs by a pixel or two may report them as seam views; the ghost
+    # absorbs those copies instead of letting them come out a second time
+    m = max(3, min(grid.overlap_px // 4, 16))
+    near = (
+        ((bx0 - lx0 < m) & (cx0 > 0))
+        | ((by0 - ly0 < m) & (cy0 > 0))
+        | ((lx1 - bx1 < m) & (cx1 < grid.width))
+        | ((ly1 - by1 < m) & (cy1 < grid.height))
+    )
+    ghost = interior & near
     keep = interior | seam
     if not keep.any():
         return [], []
@@ -242,7 +256,8 @@ def _tile_objects(
         c, s = cls_score(k)
         if interior[i]:
             done.append(StitchedObject(g, c, s, "detection", merged=False))
-            continue
+            if not ghost[i]:
+                continue
         ax = x0 + (int(bx0[i]) + int(bx1[i]) - 1) // 2
         ay = y0 + (int(by0[i]) + int(by1[i]) - 1) // 2
         views.append(
@@ -252,13 +267,14 @@ def _tile_objects(
                 row=spec.row,
                 col=spec.col,
                 geom=g,
-                crop=shapely.clip_by_rect(g, cx0, cy0, cx1, cy1),
+                crop=g if interior[i] else shapely.clip_by_rect(g, cx0, cy0, cx1, cy1),
                 window=(x0, y0, x1, y1),
                 ymax=int(y0 + by1[i]),
                 cut=bool(cut[i]),
                 anchored=cx0 <= ax < cx1 and cy0 <= ay < cy1,
                 class_id=c,
                 score=s,
+                ghost=bool(ghost[i]),
             )
         )
     return done, views
@@ -284,6 +300,10 @@ def stitch_instances(
             st.small_dropped += 1
             return
         st.objects += 1
+        if obj.merged:
+            st.merged += 1
+        else:
+            st.owned += 1
         yield obj
 
     for spec, res in tiles:
@@ -298,7 +318,6 @@ def stitch_instances(
         done, views = _tile_objects(grid, spec, res, uid)
         uid += len(views)
         for obj in done:
-            st.owned += 1
             yield from emit(obj)
         pool.add(spec, views)
         st.pending_peak = max(st.pending_peak, len(pool.views))
