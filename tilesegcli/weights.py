@@ -12,6 +12,7 @@ Loading never runs pickled code: ``torch.load(weights_only=True)`` or safetensor
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -20,7 +21,7 @@ import shutil
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +125,30 @@ def _check_sha(path: Path, sha256: str | None, size: int | None) -> None:
                                "delete it and retry")
 
 
+@contextlib.contextmanager
+def _download_lock(dest: Path) -> Iterator[None]:
+    """Exclusive lock per cache file, so N jobs of a SLURM array starting together download once
+    (the others wait, then find the file). Lock files live in <cache>/locks, not beside weights."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX: atomic rename still keeps files whole
+        yield
+        return
+    lock_dir = cache_dir() / "locks"
+    try:
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        f = open(lock_dir / f"{dest.name}.lock", "w")  # noqa: SIM115
+    except OSError:
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _cached_or_download(url: str, dest: Path, *, sha256: str | None, size: int | None,
                         download: bool) -> Path:
     if dest.is_file():
@@ -134,7 +159,11 @@ def _cached_or_download(url: str, dest: Path, *, sha256: str | None, size: int |
     if not download or _offline():
         raise WeightsError(f"weights not in the cache and downloads are off: {where} "
                            "(or pass --weights FILE)")
-    return download_file(url, dest, sha256=sha256, size=size)
+    with _download_lock(dest):
+        if dest.is_file():  # another process finished it while we waited
+            _check_sha(dest, sha256, size)
+            return dest
+        return download_file(url, dest, sha256=sha256, size=size)
 
 
 def _progress(total: int | None, name: str):

@@ -137,6 +137,18 @@ def test_download_verify_cache_hit_and_strict_load(env):
         assert torch.equal(fresh.state_dict()[k], v)
 
 
+def test_concurrent_resolves_download_once(env):
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = env["server"]
+    card = _card(f"{s.url}/good.pth", hashlib.sha256(env["good"]).hexdigest())
+    with ThreadPoolExecutor(4) as ex:
+        paths = list(ex.map(lambda _: resolve_weights(card), range(4)))
+    assert len(set(paths)) == 1 and paths[0].read_bytes() == env["good"]
+    assert s.hits == ["/good.pth"]
+    assert _cache_files(env["cache"]) == ["test-net.pth"]
+
+
 def test_wrong_checksum_leaves_nothing(env):
     card = _card(f"{env['server'].url}/good.pth", "0" * 64)
     with pytest.raises(WeightsError, match="checksum mismatch"):
