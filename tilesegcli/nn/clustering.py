@@ -33,11 +33,16 @@ def _sq_dist(q: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 
 def _topk_rows(d2: torch.Tensor, idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the k smallest d2 with ties -> lower idx. Rows are candidate lists (inf = padding)."""
+    """Per row, the k smallest d2 with ties -> lower idx, ascending. Rows are candidate lists
+    (d2 = inf and a large idx for padding); candidate idx must be distinct within a row."""
+    kth = d2.topk(k, dim=1, largest=False).values[:, -1:]
+    # Everything strictly closer than the k-th distance is in; ties at it are filled by lowest idx.
+    key = torch.where(d2 < kth, -1, torch.where(d2 == kth, idx, torch.iinfo(torch.long).max))
+    pick = key.topk(k, dim=1, largest=False).indices
+    idx, d2 = idx.gather(1, pick), d2.gather(1, pick)
     order = torch.sort(idx, dim=1, stable=True)[1]
-    idx = idx.gather(1, order)
-    d2 = d2.gather(1, order)
-    order = torch.sort(d2, dim=1, stable=True)[1][:, :k]
+    idx, d2 = idx.gather(1, order), d2.gather(1, order)
+    order = torch.sort(d2, dim=1, stable=True)[1]
     return idx.gather(1, order), d2.gather(1, order)
 
 
@@ -50,22 +55,23 @@ def _brute_one(query: torch.Tensor, db: torch.Tensor, k: int) -> tuple[torch.Ten
     base = torch.arange(nd, device=query.device)
     for s in range(0, nq, step):
         d2 = _sq_dist(query[s : s + step, None, :], db[None, :, :])
-        order = torch.sort(d2, dim=1, stable=True)[1][:, :k]  # stable: equal distance -> lower index
-        out_i[s : s + step] = base[order]
-        out_d[s : s + step] = d2.gather(1, order)
+        i, d = _topk_rows(d2, base.expand(d2.shape[0], -1), k)
+        out_i[s : s + step] = i
+        out_d[s : s + step] = d
     return out_i, out_d
 
 
 def _local_one(query: torch.Tensor, db: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact knn of one image through a uniform cell grid (3x3 window), brute force for the rest."""
+    """Exact knn of one image through a uniform cell grid (5x5 window), brute force for the rest."""
     dev = query.device
     nq, nd = query.shape[0], db.shape[0]
     lo = torch.minimum(query.min(0).values, db.min(0).values).double()
     hi = torch.maximum(query.max(0).values, db.max(0).values).double()
     span = (hi - lo).clamp_min(1.0)
     area = float(span[0] * span[1])
-    # Cell side so that the k-th neighbour is usually within one cell: about 2.2 k points per cell.
-    cell = max(math.sqrt(area * 2.2 * k / nd), 1e-6)
+    # About max(1, k/4) points per cell: the k-th neighbour then lies ~1.1 cells away on average,
+    # well inside the guaranteed 2 cells of a 5x5 window.
+    cell = max(math.sqrt(area * max(1.0, 0.25 * k) / nd), 1e-6)
     ncx = int(float(span[0]) // cell) + 1
     ncy = int(float(span[1]) // cell) + 1
 
@@ -78,16 +84,16 @@ def _local_one(query: torch.Tensor, db: torch.Tensor, k: int) -> tuple[torch.Ten
     dperm = torch.sort(dcell, stable=True)[1]  # within a cell: ascending db index
     counts = torch.bincount(dcell, minlength=ncx * ncy)
     starts = torch.cumsum(counts, 0) - counts
-    maxcell = int(counts.max())
 
     qcx, qcy = cell_of(query)
-    offs = torch.tensor([(ox, oy) for oy in (-1, 0, 1) for ox in (-1, 0, 1)], device=dev)
+    r = 2
+    offs = torch.tensor([(ox, oy) for oy in range(-r, r + 1) for ox in range(-r, r + 1)], device=dev)
     # Distance from each query to the window border; a side on the grid border has nothing beyond it.
     qd = query.double()
-    left = torch.where(qcx > 1, qd[:, 0] - (lo[0] + (qcx - 1).double() * cell), math.inf)
-    right = torch.where(qcx < ncx - 2, (lo[0] + (qcx + 2).double() * cell) - qd[:, 0], math.inf)
-    top = torch.where(qcy > 1, qd[:, 1] - (lo[1] + (qcy - 1).double() * cell), math.inf)
-    bottom = torch.where(qcy < ncy - 2, (lo[1] + (qcy + 2).double() * cell) - qd[:, 1], math.inf)
+    left = torch.where(qcx > r, qd[:, 0] - (lo[0] + (qcx - r).double() * cell), math.inf)
+    right = torch.where(qcx < ncx - 1 - r, (lo[0] + (qcx + r + 1).double() * cell) - qd[:, 0], math.inf)
+    top = torch.where(qcy > r, qd[:, 1] - (lo[1] + (qcy - r).double() * cell), math.inf)
+    bottom = torch.where(qcy < ncy - 1 - r, (lo[1] + (qcy + r + 1).double() * cell) - qd[:, 1], math.inf)
     # A small margin absorbs float64 rounding between the cell assignment and these borders.
     bound = (torch.stack([left, right, top, bottom], 1).min(1).values - 1e-6).clamp_min(0.0)
     bound2 = bound * bound
@@ -95,26 +101,39 @@ def _local_one(query: torch.Tensor, db: torch.Tensor, k: int) -> tuple[torch.Ten
     out_i = torch.empty(nq, k, dtype=torch.long, device=dev)
     out_d = torch.empty(nq, k, dtype=torch.float64, device=dev)
     ok = torch.zeros(nq, dtype=torch.bool, device=dev)
-    width = 9 * maxcell
-    step = max(1, _CHUNK_PAIRS // max(width, 1))
-    slot = torch.arange(maxcell, device=dev)
-    for s in range(0, nq, step):
-        cx = qcx[s : s + step, None] + offs[None, :, 0]
-        cy = qcy[s : s + step, None] + offs[None, :, 1]
-        inside = (cx >= 0) & (cx < ncx) & (cy >= 0) & (cy < ncy)
-        cid = (cy.clamp(0, ncy - 1) * ncx + cx.clamp(0, ncx - 1))
-        cnt = torch.where(inside, counts[cid], 0)  # (c, 9)
-        pos_in = starts[cid][..., None] + slot  # (c, 9, maxcell)
-        valid = slot < cnt[..., None]
-        cand = dperm[pos_in.clamp(max=nd - 1)]
-        cand = torch.where(valid, cand, nd).reshape(cand.shape[0], width)
-        d2 = _sq_dist(query[s : s + step, None, :], db[cand.clamp(max=nd - 1)])
-        d2 = torch.where(cand < nd, d2, math.inf)
+    # Window cells of every query and their point counts; queries are processed in order of their
+    # candidate count so each chunk is padded only to its own widest window.
+    cx = qcx[:, None] + offs[None, :, 0]
+    cy = qcy[:, None] + offs[None, :, 1]
+    inside = (cx >= 0) & (cx < ncx) & (cy >= 0) & (cy < ncy)
+    cid = cy.clamp(0, ncy - 1) * ncx + cx.clamp(0, ncx - 1)
+    cnt = torch.where(inside, counts[cid], 0)  # (nq, window cells)
+    total = cnt.sum(1)
+    qorder = torch.sort(total, stable=True)[1]
+    s = 0
+    while s < nq:
+        width = max(int(total[qorder[min(nq - 1, s + 255)]]), 1)
+        e = min(nq, s + max(256, _CHUNK_PAIRS // width))
+        sel = qorder[s:e]
+        width = max(int(total[sel].max()), 1)
+        c = cnt[sel]
+        cum = torch.cumsum(c, 1)
+        j = torch.arange(width, device=dev).expand(sel.numel(), -1).contiguous()
+        which = torch.searchsorted(cum, j, right=True).clamp(max=offs.shape[0] - 1)
+        prev = (cum - c).gather(1, which)
+        at = starts[cid[sel]].gather(1, which) + (j - prev)
+        valid = j < total[sel, None]
+        cand = torch.where(valid, dperm[at.clamp(0, nd - 1)], nd)
+        d2 = _sq_dist(query[sel, None, :], db[cand.clamp(max=nd - 1)])
+        d2 = torch.where(valid, d2, math.inf)
+        if width < k:  # too few candidates anywhere in the chunk: leave these to brute force
+            s = e
+            continue
         idx_k, d2_k = _topk_rows(d2, cand, k)
-        good = torch.isfinite(d2_k[:, -1]) & (d2_k[:, -1] < bound2[s : s + step])
-        out_i[s : s + step] = idx_k
-        out_d[s : s + step] = d2_k
-        ok[s : s + step] = good
+        out_i[sel] = idx_k
+        out_d[sel] = d2_k
+        ok[sel] = torch.isfinite(d2_k[:, -1]) & (d2_k[:, -1] < bound2[sel])
+        s = e
     bad = (~ok).nonzero().squeeze(1)
     if bad.numel():
         bi, bd = _brute_one(query[bad], db, k)
