@@ -4,8 +4,10 @@ verify them (sha256, completeness, safe unpickling) and load them strictly into 
 Cache directory: ``$TILESEG_HOME`` if set, else ``$XDG_CACHE_HOME/tileseg``, else
 ``~/.cache/tileseg``; downloaded files live in ``<cache>/weights/<card filename>``. Downloads go to a
 temporary name in that folder and are renamed into place only after every check passed, so an
-interrupted or rejected download never leaves a file that looks complete. ``TILESEG_OFFLINE=1``
-forbids downloads (the error then says which file to put where).
+interrupted or rejected download never leaves a file that looks complete; a per-file lock in
+``<cache>/locks`` makes concurrent jobs (a SLURM array) download once. ``TILESEG_OFFLINE=1``
+forbids downloads (the error then says which file to put where; ``tileseg models fetch NAME
+--from FILE`` installs a file brought by hand).
 
 Loading never runs pickled code: ``torch.load(weights_only=True)`` or safetensors.
 """
