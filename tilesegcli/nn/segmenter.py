@@ -193,12 +193,17 @@ class AFFSegmenter:
                   hw: tuple[int, int]) -> np.ndarray:
         from tilesegcli.nn.postprocess import semantic_inference
 
-        s = semantic_inference(logits, masks, hw).clamp_min(0)  # (K, H, W)
+        s = semantic_inference(logits, masks, hw).float().clamp_(min=0)  # (K, H, W)
         if self.card.background == "implicit":
-            bg = (1.0 - s.max(0).values).clamp_min(0)[None]
-            s = torch.cat([bg, s], 0)
-        s = s / s.sum(0, keepdim=True).clamp_min(1e-6)
-        return s.to(torch.float32).numpy()
+            out = torch.empty((s.shape[0] + 1, *s.shape[1:]), dtype=torch.float32)
+            torch.amax(s, 0, out=out[0])
+            out[0].neg_().add_(1.0).clamp_(min=0)
+            out[1:] = s
+            del s
+        else:
+            out = s
+        out /= out.sum(0, keepdim=True).clamp_(min=1e-6)
+        return out.numpy()
 
     def _result(self, logits: torch.Tensor, masks: torch.Tensor, hw: tuple[int, int]) -> TileResult:
         from tilesegcli.nn.postprocess import instance_inference, panoptic_inference
