@@ -81,6 +81,7 @@ class FocalAttention(nn.Module):
             self.register_buffer("keep_rolled", keep, persistent=False)
             self.rpb_neighbors = nn.Parameter(torch.zeros(1, num_heads, ws * ws, keep.numel()))
             nn.init.trunc_normal_(self.rpb_neighbors, std=0.02)
+        self._plans: dict[tuple, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.rpb_pooled = nn.ParameterList()
         self.unfold_cfg: list[tuple[int, int]] = []
         for k in range(focal_level - 1):
@@ -96,10 +97,6 @@ class FocalAttention(nn.Module):
             self.register_buffer(f"keep_unfold_{k}", valid.flatten().nonzero().view(-1),
                                  persistent=False)
 
-    def _heads(self, t: torch.Tensor) -> torch.Tensor:  # (N, T, C) -> (N, heads, T, hd)
-        n, tok, c = t.shape
-        return t.view(n, tok, self.heads, c // self.heads).transpose(1, 2)
-
     def _unfold(self, t: torch.Tensor, k: int) -> torch.Tensor:
         """(B, C, h, w) pooled map -> (B*nW, kept kernel tokens, C) regions around each window."""
         kernel, stride = self.unfold_cfg[k]
@@ -108,45 +105,82 @@ class FocalAttention(nn.Module):
         u = u.view(b, c, kernel * kernel, -1).permute(0, 3, 2, 1).reshape(-1, kernel * kernel, c)
         return u[:, getattr(self, f"keep_unfold_{k}")] if k > 0 else u
 
+    def _gather_plan(self, h: int, w: int, sizes: Sequence[tuple[int, int]],
+                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Token index of every key of every window into [fine map | zero row | pooled maps],
+        and the windows' off-map mask (nW, N) (True = ignore) when there are pooled levels.
+
+        Fine keys: the window, then for each official roll (tl, tr, bl, br) its kept positions,
+        wrapping at the map edge like ``torch.roll``; pooled keys: the official unfold regions.
+        """
+        key = (h, w, tuple(sizes), str(device))
+        plan = self._plans.get(key)
+        if plan is not None:
+            return plan
+        ws, t = self.ws, self.ws * self.ws
+        r = torch.arange(ws, device=device)
+        oy, ox = (g.flatten() for g in torch.meshgrid(torch.arange(0, h, ws, device=device),
+                                                      torch.arange(0, w, ws, device=device),
+                                                      indexing="ij"))
+        ly, lx = (g.flatten() for g in torch.meshgrid(r, r, indexing="ij"))
+        rows, cols = [oy[:, None] + ly], [ox[:, None] + lx]
+        if self.expand > 0:
+            e = self.expand
+            which, pos = self.keep_rolled // t, self.keep_rolled % t
+            shifts = torch.tensor(((-e, -e), (-e, e), (e, -e), (e, e)), device=device)[which]
+            rows.append((oy[:, None] + ly[pos] - shifts[:, 0]) % h)
+            cols.append((ox[:, None] + lx[pos] - shifts[:, 1]) % w)
+        parts = [torch.cat(rows, 1) * w + torch.cat(cols, 1)]
+        offset = h * w  # the zero row; pooled map k starts after it
+        base = offset + 1
+        for lvl, (ph, pw) in enumerate(sizes):
+            ids = torch.arange(1, ph * pw + 1, dtype=torch.float64, device=device)
+            u = self._unfold(ids.view(1, 1, ph, pw), lvl)[:, :, 0].round().long()  # 0 = off map
+            parts.append(torch.where(u > 0, u - 1 + base, offset))
+            base += ph * pw
+        index = torch.cat(parts, 1)
+        plan = (index, index == offset if sizes else None)
+        if len(self._plans) >= 16:  # many input sizes (random crops): keep the cache small
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
     def forward(self, x: torch.Tensor, pooled: Sequence[torch.Tensor]) -> torch.Tensor:
         """x: (B, H, W, C), H and W multiples of the window; pooled[k]: (B, h_k, w_k, C)."""
         b, h, w, c = x.shape
-        ws = self.ws
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q = self._heads(_partition(q, ws)) * self.scale
-        keys, vals = [_partition(k, ws)], [_partition(v, ws)]
-        if self.expand > 0:
-            e = self.expand
-            shifts = ((-e, -e), (-e, e), (e, -e), (e, e))
-            for src, dst in ((k, keys), (v, vals)):
-                rolled = torch.cat([_partition(torch.roll(src, s, dims=(1, 2)), ws)
-                                    for s in shifts], dim=1)
-                dst.append(rolled[:, self.keep_rolled])
-        bias = [self.rpb_local[self.index_local.view(-1)].view(ws * ws, ws * ws, -1)
-                .permute(2, 0, 1)]
+        ws, heads, t = self.ws, self.heads, self.ws * self.ws
+        qkv = self.qkv(x)
+        q = _partition(qkv[..., :c], ws)  # B*nW, T, C
+        # keys/values of the fine map, a zero row (off-map), and the pooled maps, gathered at once
+        kv_w = self.qkv.weight[c:]
+        kv_b = None if self.qkv.bias is None else self.qkv.bias[c:]
+        sources = [qkv[..., c:].reshape(b, h * w, 2 * c), qkv.new_zeros(b, 1, 2 * c)]
+        sources += [F.linear(xp, kv_w, kv_b).reshape(b, -1, 2 * c) for xp in pooled]
+        index, off_map = self._gather_plan(h, w, [tuple(xp.shape[1:3]) for xp in pooled],
+                                           x.device)
+        n_win, n_tok = index.shape
+        kv = torch.cat(sources, 1)[:, index.view(-1)].view(b * n_win, n_tok, 2 * c)
+
+        bias = [self.rpb_local[self.index_local.view(-1)].view(t, t, -1).permute(2, 0, 1)]
         if self.expand > 0:
             bias.append(self.rpb_neighbors[0])
-        masks: list[torch.Tensor] = []
-        for lvl, xp in enumerate(pooled):
-            _, ph, pw, _ = xp.shape
-            _, kp, vp = self.qkv(xp).chunk(3, dim=-1)
-            keys.append(self._unfold(kp.permute(0, 3, 1, 2), lvl))
-            vals.append(self._unfold(vp.permute(0, 3, 1, 2), lvl))
-            ones = xp.new_ones(1, 1, ph, pw)
-            masks.append(self._unfold(ones, lvl)[:, :, 0])  # nW, tokens (0 = outside the map)
+        for lvl in range(len(pooled)):
             region = self.focal_window + 2**lvl - 1
             idx = getattr(self, f"index_pooled_{lvl}")
-            bias.append(self.rpb_pooled[lvl][:, idx.view(-1)].view(-1, ws * ws, region * region))
-        kk, vv = self._heads(torch.cat(keys, 1)), self._heads(torch.cat(vals, 1))
-        attn = q @ kk.transpose(-2, -1) + torch.cat(bias, -1).unsqueeze(0)
-        if masks:
-            n_win = masks[0].shape[0]
-            n_fine = attn.shape[-1] - sum(m.shape[1] for m in masks)
-            full = torch.cat([masks[0].new_ones(n_win, n_fine), *masks], 1)
-            add = (full == 0).to(attn.dtype) * _MASK
-            attn = (attn.view(b, n_win, self.heads, ws * ws, -1) + add[None, :, None, None])
-            attn = attn.view(b * n_win, self.heads, ws * ws, -1)
-        out = (attn.softmax(-1) @ vv).transpose(1, 2).reshape(-1, ws * ws, c)
+            bias.append(self.rpb_pooled[lvl][:, idx.view(-1)].view(-1, t, region * region))
+        add = torch.cat(bias, -1).to(q.dtype)  # heads, T, N
+        if off_map is not None:
+            add = add.unsqueeze(0) + (off_map.to(q.dtype) * _MASK)[:, None, None, :]
+            if b > 1:
+                add = add.unsqueeze(0).expand(b, -1, -1, -1, -1).reshape(b * n_win, heads, t, -1)
+
+        def split(z: torch.Tensor) -> torch.Tensor:  # (B*nW, n, C) -> (B*nW, heads, n, hd)
+            return z.reshape(z.shape[0], z.shape[1], heads, c // heads).transpose(1, 2)
+
+        k_all, v_all = kv.split(c, dim=-1)
+        out = F.scaled_dot_product_attention(split(q), split(k_all), split(v_all),
+                                             attn_mask=add, scale=self.scale)
+        out = out.transpose(1, 2).reshape(b * n_win, t, c)
         return _unpartition(self.proj(out), ws, b, h, w)
 
 
