@@ -8,6 +8,10 @@ tile generation excluded), RSS after 10% of the objects and at the end, and peak
 mode RSS must not grow with the object count.
 
     /work/venv/bin/python benchmarks/bench_stitch.py [--objects 1000000] [--format geojsonseq]
+
+``--semantic`` instead measures (1) the choice core crops vs. linear blending on a synthetic model
+whose probabilities get noisier towards the tile border (missing context), as pixel error against
+the truth, and (2) ``stitch_semantic`` throughput (megapixels/s) and RSS on a large class map.
 """
 
 from __future__ import annotations
@@ -24,13 +28,83 @@ import numpy as np
 CELL = 17
 
 
+def semantic(size: int, tile: int, overlap: int) -> None:
+    import psutil
+    from scipy import ndimage
+
+    from tilesegcli.segmenter import ClassInfo, TileResult
+    from tilesegcli.stitching import StitchStats, stitch_semantic
+    from tilesegcli.tiling import iter_tiles, make_grid
+
+    rng = np.random.default_rng(0)
+    n_cls = 4
+    # (1) core crops vs linear blending, small image with full canvases
+    h = w = 1536
+    field = ndimage.gaussian_filter(rng.standard_normal((h, w)), 20)
+    truth = np.digitize(field, np.quantile(field, [0.4, 0.7, 0.9])).astype(np.int64)
+    onehot = np.eye(n_cls, dtype=np.float32)[truth].transpose(2, 0, 1)
+    grid = make_grid(w, h, tile, overlap)
+    yy, xx = np.mgrid[:tile, :tile]
+    border = np.minimum(np.minimum(yy, xx), np.minimum(tile - 1 - yy, tile - 1 - xx)).astype(np.float32)
+    sigma = 0.35 + 1.2 * np.exp(-border / (overlap / 4 + 1))  # context deficit near the border
+    tent = np.minimum(border + 1, overlap + 1).astype(np.float32)  # linear ramp over the overlap
+    crop = np.zeros((h, w), np.int64)
+    acc = np.zeros((n_cls, h, w), np.float32)
+    wsum = np.zeros((h, w), np.float32)
+    for spec in iter_tiles(grid):
+        y1, x1 = min(spec.y + tile, h), min(spec.x + tile, w)
+        th, tw = y1 - spec.y, x1 - spec.x
+        logits = onehot[:, spec.y : y1, spec.x : x1] * 2.0 + rng.standard_normal((n_cls, th, tw)) * sigma[:th, :tw]
+        p = np.exp(logits - logits.max(0))
+        p /= p.sum(0)
+        cx0, cy0, cx1, cy1 = spec.core
+        crop[cy0:cy1, cx0:cx1] = p[:, cy0 - spec.y : cy1 - spec.y, cx0 - spec.x : cx1 - spec.x].argmax(0)
+        acc[:, spec.y : y1, spec.x : x1] += p * tent[:th, :tw]
+        wsum[spec.y : y1, spec.x : x1] += tent[:th, :tw]
+    blend = (acc / wsum).argmax(0)
+    err_c, err_b = (crop != truth).mean(), (blend != truth).mean()
+    print(f"semantic choice on {h}x{w}, tile {tile}/{overlap}: pixel error core-crop {100 * err_c:.2f}% "
+          f"vs linear blend {100 * err_b:.2f}% (blend/crop = {err_b / err_c:.2f}); state per row band: "
+          f"crop 2 B/px, blend {4 * n_cls + 4} B/px over the window height")
+    # (2) throughput / memory of stitch_semantic on a large map generated tile by tile
+    classes = [ClassInfo(f"c{i}", (40 * i, 0, 0)) for i in range(n_cls)]
+    grid = make_grid(size, size, tile, overlap)
+    period = 97.0
+
+    def tiles():
+        for spec in iter_tiles(grid):
+            ys = np.arange(spec.y, spec.y + tile)[:, None]
+            xs = np.arange(spec.x, spec.x + tile)[None, :]
+            v = np.sin(ys / period) * np.cos(xs / (1.3 * period)) + 0.4 * np.sin((xs + ys) / 23.0)
+            cls = np.digitize(v, [-0.6, 0.2, 0.9])
+            yield spec, TileResult(semantic=np.eye(n_cls, dtype=np.float32)[cls].transpose(2, 0, 1))
+
+    proc = psutil.Process()
+    st = StitchStats()
+    t0, c0 = time.perf_counter(), time.process_time()
+    n = 0
+    for _ in stitch_semantic(grid, tiles(), classes=classes, stats=st):
+        n += 1
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    mpx = size * size / 1e6
+    print(f"stitch_semantic {size}x{size} ({grid.rows}x{grid.cols} tiles, tile synthesis included): {n} regions, "
+          f"{mpx / cpu:.1f} Mpx/s per core (CPU {cpu:.1f} s, wall {wall:.1f} s); pending peak {st.pending_peak}; "
+          f"RSS {proc.memory_info().rss / 2**20:.0f} MiB, peak "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=1_000_000)
     ap.add_argument("--tile", type=int, default=512)
     ap.add_argument("--overlap", type=int, default=64)
     ap.add_argument("--format", default="geojsonseq", choices=["geojsonseq", "qupath", "geojson.gz"])
+    ap.add_argument("--semantic", action="store_true")
+    ap.add_argument("--size", type=int, default=12288, help="class map edge for --semantic")
     args = ap.parse_args()
+    if args.semantic:
+        semantic(args.size, args.tile, args.overlap)
+        return
 
     import psutil
 

@@ -124,3 +124,42 @@ def test_missing_tiles_are_background() -> None:
     centre = [t for t in iter_tiles(grid) if t.index == 4][0].core
     assert len(out) == 1 and len(out[0].geometry.interiors) == 1
     assert out[0].geometry.area == 300 * 300 - (centre[2] - centre[0]) * (centre[3] - centre[1])
+
+
+@pytest.mark.parametrize("tile,overlap", [(128, 32), (100, 60), (64, 8)])
+def test_linear_blend_exact_model_equals_untiled(cmap, tile, overlap) -> None:
+    cm, ref = cmap
+    out, _ = run(cm, tile, overlap, blend="linear")
+    assert canon(o.geometry for o in out) == canon(g for v in ref.values() for g in v)
+    assert all(o.score == pytest.approx(1.0) for o in out)
+
+
+def test_linear_blend_matches_full_canvas_reference() -> None:
+    """Noisy per-tile probabilities (tiles disagree in the overlaps): the streamed blend equals a
+    whole-image weighted average computed in one canvas; a skipped tile row is background."""
+    rng = np.random.default_rng(4)
+    cm = make_class_map(300, 420, seed=2)
+    grid = make_grid(420, 300, 96, 32)
+    t, o = 96, 32
+    d = np.minimum(np.arange(t), np.arange(t)[::-1]).astype(np.float32)
+    ramp = np.minimum(d + 1, o + 1) / (o + 1)
+    wt = np.minimum(ramp[:, None], ramp[None, :])
+    acc = np.zeros((len(CLASSES), 300, 420), np.float64)
+    tiles = []
+    for s in iter_tiles(grid):
+        if s.row == 1:
+            continue  # whole tile row skipped (no tissue)
+        win = np.zeros((t, t), np.int64)
+        h, w = min(t, 300 - s.y), min(t, 420 - s.x)
+        win[:h, :w] = cm[s.y : s.y + h, s.x : s.x + w]
+        p = np.eye(len(CLASSES), dtype=np.float32)[win].transpose(2, 0, 1) + rng.uniform(0, 0.9, (len(CLASSES), t, t)).astype(np.float32)
+        p /= p.sum(0)
+        acc[:, s.y : s.y + h, s.x : s.x + w] += p[:, :h, :w] * wt[:h, :w]
+        from tilesegcli.segmenter import TileResult
+
+        tiles.append((s, TileResult(semantic=p)))
+    ref = class_map_to_geometries(acc.argmax(0).astype(np.uint8))
+    out = list(stitch_semantic(grid, iter(tiles), classes=CLASSES, blend="linear"))
+    assert canon(o.geometry for o in out) == canon(g for v in ref.values() for g in v)
+    with pytest.raises(ValueError):
+        list(stitch_semantic(grid, iter(tiles), classes=CLASSES, blend="gaussian"))
