@@ -276,3 +276,31 @@ def test_tiny_variant_overfits_toy_segmentation() -> None:
     with torch.no_grad():
         acc = (net(x, upsample=True).argmax(1) == t).float().mean().item()
     assert acc > 0.85
+
+
+def test_gather_plan_equals_official_unfold_at_every_level() -> None:
+    # the cached token index must pick exactly what the official unfold (zero padded, stride
+    # 2**k, kept corner) would give, for the first and a strided second pooled level
+    from tilesegcli.nn.focal import FocalAttention
+
+    torch.manual_seed(0)
+    att = FocalAttention(6, num_heads=2, window_size=4, expand_size=1, focal_level=3,
+                         focal_window=3)
+    h, w = 12, 16
+    maps = [torch.randn(1, 3, 4, 6), torch.randn(1, 6, 8, 6)]  # (B, h_k, w_k, C)
+    index, off = att._gather_plan(h, w, [m.shape[1:3] for m in maps], torch.device("cpu"))
+    fine = torch.randn(1, h * w, 6)
+    src = torch.cat([fine, torch.zeros(1, 1, 6)] + [m.reshape(1, -1, 6) for m in maps], 1)
+    got = src[0, index]  # nW, N, C
+    n_fine = 16 + att.keep_rolled.numel()
+    start = n_fine
+    for lvl, m in enumerate(maps):
+        want = att._unfold(m.permute(0, 3, 1, 2), lvl)  # nW, tokens, C
+        n = want.shape[1]
+        torch.testing.assert_close(got[:, start:start + n], want)
+        # off-map tokens are exactly the zero-padded ones of the unfold
+        ones = att._unfold(torch.ones(1, 1, *m.shape[1:3]), lvl)[:, :, 0]
+        assert torch.equal(off[:, start:start + n], ones == 0)
+        start += n
+    assert start == index.shape[1]
+    assert not off[:, :n_fine].any()
