@@ -1,0 +1,156 @@
+"""The trainable network: AFF + Mask2Former (engineer A/B's modules) plus training-only parts.
+
+Owns :class:`TrainNet`: the ``AFFMask2Former`` model exactly as a card builds it (so its
+state dict is what ships), the Mask2Former ``SetCriterion`` (Hungarian matching, deep supervision
+on every decoder layer), and an auxiliary dense head on the pixel decoder's stride-4 mask features
+predicting foreground and instance boundaries. The dense head gives every pixel a gradient from
+the first step, which the set loss alone does not while the queries are still unmatched noise
+(the slow-convergence problem of DETR-style decoders; cf. the auxiliary semantic losses of
+K-Net/Mask DINO and the foreground/contour branches of nuclei models). It is dropped on export.
+Also builds the model card dict for a training configuration.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from tilesegcli.train.config import TrainConfig
+    from tilesegcli.train.data import Patch
+
+
+def build_model(arch: dict[str, Any]) -> nn.Module:
+    """The network of a card's ``architecture`` (same call as ``tilesegcli.nn.segmenter``)."""
+    from tilesegcli.nn.aff_m2f import build_aff_m2f
+
+    bkw = {k: tuple(v) if isinstance(v, list) else v for k, v in arch.get("backbone_kwargs", {}).items()}
+    return build_aff_m2f(str(arch["backbone"]), backbone_kwargs=bkw, **dict(arch.get("head_kwargs", {})))
+
+
+def boundary_map(masks: np.ndarray) -> np.ndarray:
+    """(K, H, W) bool instance masks -> (H, W) bool inner boundary pixels of any instance."""
+    from scipy.ndimage import binary_erosion
+
+    out = np.zeros(masks.shape[1:], bool)
+    for m in masks:
+        out |= m & ~binary_erosion(m)
+    return out
+
+
+class TrainNet(nn.Module):
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        from tilesegcli.nn.criterion import SetCriterion
+
+        self.cfg = cfg
+        self.model = build_model(cfg.architecture)
+        hk = cfg.architecture["head_kwargs"]
+        self.num_classes = int(hk["num_classes"])
+        mask_dim = int(hk.get("mask_dim", 256))
+        self.dense = nn.Sequential(nn.Linear(mask_dim, mask_dim), nn.GELU(), nn.Linear(mask_dim, 2))
+        self.criterion = SetCriterion(
+            self.num_classes, class_weight=cfg.class_weight, mask_weight=cfg.mask_weight,
+            dice_weight=cfg.dice_weight, eos_coef=cfg.no_object_weight, num_points=cfg.num_points,
+            deep_supervision=True)
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
+
+    def num_params(self) -> int:
+        return int(sum(p.numel() for p in self.model.parameters()))
+
+    def param_groups(self, lr: float, wd: float, backbone_mult: float) -> list[dict]:
+        """Backbone at lr * backbone_mult; no weight decay on norms, biases and embeddings."""
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            bb = name.startswith("model.backbone.")
+            no_wd = p.ndim <= 1 or "embed" in name.split(".")[-2] or "norm" in name
+            groups.setdefault((bb, no_wd), []).append(p)
+        return [{"params": ps, "lr": lr * (backbone_mult if bb else 1.0),
+                 "weight_decay": 0.0 if no_wd else wd}
+                for (bb, no_wd), ps in sorted(groups.items())]
+
+    def forward_train(self, x: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        from tilesegcli.nn.point_ops import point2img
+
+        head = self.model.sem_seg_head
+        pd = head.pixel_decoder(self.model.backbone(x))
+        out = head.predictor(pd.multi_scale_features, pd.multi_scale_pos, pd.mask_features,
+                             pd.mask_pos, pd.canvas_hw)
+        dense = point2img(self.dense(pd.mask_features).permute(0, 2, 1), pd.mask_pos, pd.canvas_hw)
+        return out, dense
+
+    def losses(self, batch: list[Patch], device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted total loss of a batch and the parts for logging."""
+        imgs = torch.from_numpy(np.stack([p.image for p in batch])).to(device)
+        x = (imgs.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        out, dense = self.forward_train(x)
+        targets = [{"labels": torch.as_tensor(p.classes - 1, dtype=torch.int64, device=device),
+                    "masks": torch.as_tensor(p.masks, device=device)} for p in batch]
+        crit = self.criterion(out, targets)
+        total = crit["loss"]
+        logs = {k: float(crit[k].detach()) for k in ("loss_ce", "loss_mask", "loss_dice")}
+        logs["m2f"] = float(total.detach())
+        if self.cfg.aux_dense_weight > 0:
+            h, w = imgs.shape[1:3]
+            fg = torch.as_tensor(np.stack([p.masks.any(0) if len(p.masks) else np.zeros((h, w), bool)
+                                           for p in batch]), device=device).float()
+            bd = torch.as_tensor(np.stack([boundary_map(p.masks) for p in batch]), device=device).float()
+            valid = torch.as_tensor(np.stack([p.valid for p in batch]), device=device).float()
+            up = F.interpolate(dense, size=(dense.shape[2] * 4, dense.shape[3] * 4), mode="bilinear",
+                               align_corners=False)[:, :, :h, :w]
+            bce_fg = (F.binary_cross_entropy_with_logits(up[:, 0], fg, reduction="none") * valid).sum()
+            bce_fg = bce_fg / valid.sum().clamp_min(1)
+            pf = up[:, 0].sigmoid() * valid
+            dice_fg = 1 - (2 * (pf * fg).sum() + 1) / (pf.sum() + fg.sum() + 1)
+            bce_bd = (F.binary_cross_entropy_with_logits(up[:, 1], bd, reduction="none",
+                                                         pos_weight=torch.tensor(3.0, device=device))
+                      * valid).sum() / valid.sum().clamp_min(1)
+            aux = bce_fg + dice_fg + bce_bd
+            total = total + self.cfg.aux_dense_weight * aux
+            logs["dense"] = float(aux.detach())
+        return total, logs
+
+
+def build_net(cfg: TrainConfig) -> TrainNet:
+    return TrainNet(cfg)
+
+
+def card_dict(cfg: TrainConfig, name: str, *, weights_file: str, sha256: str | None, size: int | None,
+              description: str, licence: str, metrics: dict[str, Any] | None = None,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A zoo card (format 1) for a model trained with ``cfg``; weights bundled next to it."""
+    from tilesegcli.zoo import CARD_FORMAT
+
+    d: dict[str, Any] = {
+        "format": CARD_FORMAT,
+        "name": name,
+        "description": description,
+        "task": "instance",
+        "architecture": cfg.architecture,
+        "classes": list(cfg.class_names),
+        "background": "implicit",
+        "input": {"mean": list(cfg.mean), "std": list(cfg.std), "size_divisibility": 32},
+        "train_resolution": [cfg.tile, cfg.tile],
+        "mpp": cfg.mpp,
+        "mpp_unit": cfg.mpp_unit,
+        "tile_size": cfg.tile,
+        "overlap": cfg.overlap,
+        "min_area": 4,
+        "postprocess": {"top_k": int(cfg.architecture["head_kwargs"].get("num_queries", 100)),
+                        "score_threshold": cfg.score_threshold,
+                        "object_mask_threshold": cfg.object_mask_threshold,
+                        "overlap_threshold": cfg.overlap_threshold},
+        "weights": {"url": None, "sha256": sha256, "size": size, "filename": weights_file,
+                    "bundled": True, "format": "safetensors", "ignore_keys": []},
+        "licence": licence,
+        "metrics": metrics or {},
+    }
+    d.update(extra or {})
+    return d
