@@ -106,12 +106,18 @@ def load_semantic_weights(net: nn.Module, path: str | Path, *, family: str,
 # ImageNet checkpoints carry one final norm only: the per-stage output norms of our Focal
 # backbone (LayerNorm, identity at init) may stay at their initial values
 _BACKBONE_MAY_MISS = ("backbone.out_norms.0.", "backbone.out_norms.1.", "backbone.out_norms.2.")
+# official Focal ImageNet models (224 px) have a 7x7 last stage = one window, so no expanded
+# neighbourhood there: those bias tables start at zero (no bias) when fine-tuning larger tiles
+_ZERO_IF_MISSING = ".attn.rpb_neighbors"
 
 
 def load_backbone_weights(net: nn.Module, path: str | Path, *, family: str) -> list[str]:
     """Initialise ``net.backbone`` from an ImageNet (classification) or segmentation checkpoint,
-    official or ours; the head keeps its random init. Returns the backbone keys left at init
-    (only the Focal per-stage output norms may be); anything else missing is a WeightsError."""
+    official or ours; the head keeps its random init. Returns the backbone keys not in the file:
+    Focal per-stage output norms (left at init) and last-stage neighbour bias tables (zeroed);
+    anything else missing is a WeightsError."""
+    import torch
+
     from tilesegcli.weights import extract_state_dict, load_checkpoint
 
     path = Path(path)
@@ -135,7 +141,11 @@ def load_backbone_weights(net: nn.Module, path: str | Path, *, family: str) -> l
     sd = {k: v for k, v in sd.items() if k.startswith("backbone.") and k in ours}
     left = [k for k in ours if k.startswith("backbone.") and k not in sd
             and not k.endswith("num_batches_tracked")]
-    bad = [k for k in left if not k.startswith(_BACKBONE_MAY_MISS)]
+    for k in left:
+        if k.endswith(_ZERO_IF_MISSING):
+            sd[k] = torch.zeros_like(ours[k])
+    bad = [k for k in left if not (k.startswith(_BACKBONE_MAY_MISS)
+                                   or k.endswith(_ZERO_IF_MISSING))]
     if bad:
         raise WeightsError(f"{path.name}: {len(bad)} backbone parameters missing (e.g. {bad[0]}); "
                            f"is this a {family} checkpoint of this size?")
