@@ -65,6 +65,10 @@ def main() -> None:
                      a.repeats if int(a.worker[1]) <= 512 else 1)
         print(json.dumps(res))
         return
+    import os
+
+    print(f"threads {a.threads}; load average at start {os.getloadavg()[0]:.1f} on "
+          f"{os.cpu_count()} cores (timings inflate when the machine is shared)")
     rows = []
     for bb in a.backbones:
         for s in a.sizes:

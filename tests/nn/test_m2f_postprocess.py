@@ -87,3 +87,14 @@ def test_panoptic_stuff_merge_and_overlap() -> None:
     top, bl, br = res.segments[0, 0], res.segments[12, 0], res.segments[12, 12]
     assert top == bl and ids[int(top)]["category_id"] == 0 and not ids[int(top)]["isthing"]
     assert ids[int(br)]["category_id"] == 2 and ids[int(br)]["isthing"]
+
+
+def test_postprocess_batch_dispatch() -> None:
+    from tilesegcli.nn.postprocess import Instances, Panoptic, postprocess_batch
+
+    logits, masks = _preds(3)
+    out = {"pred_logits": torch.stack([logits, logits]), "pred_masks": torch.stack([masks, masks])}
+    sem = postprocess_batch(out, (22, 19), task="semantic")
+    assert len(sem) == 2 and sem[0].shape == (3, 22, 19)
+    assert isinstance(postprocess_batch(out, (22, 19), task="instance")[1], Instances)
+    assert isinstance(postprocess_batch(out, (22, 19), task="panoptic")[0], Panoptic)

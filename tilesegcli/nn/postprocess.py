@@ -182,3 +182,36 @@ def panoptic_inference(
             seg[mask] = current
             info.append({"id": current, "isthing": bool(isthing), "category_id": cls})
     return Panoptic(seg.numpy(), info)
+
+
+def postprocess_batch(
+    outputs: dict,
+    input_hw: tuple[int, int],
+    *,
+    task: str,
+    output_hw: tuple[int, int] | None = None,
+    topk: int = 100,
+    score_threshold: float = 0.0,
+    thing_classes: set[int] | frozenset[int] = frozenset(),
+    object_mask_threshold: float = 0.8,
+    overlap_threshold: float = 0.8,
+) -> list:
+    """Model outputs of a batch -> per image: task "semantic" -> (K, H, W) float tensor,
+    "instance" -> ``Instances``, "panoptic" -> ``Panoptic``. input_hw = the (H, W) given to
+    the model (before the backbone's own padding to a multiple of 4)."""
+    results: list = []
+    with torch.no_grad():
+        for logits, masks in zip(outputs["pred_logits"], outputs["pred_masks"], strict=True):
+            if task == "semantic":
+                results.append(semantic_inference(logits, masks, input_hw, output_hw))
+            elif task == "instance":
+                results.append(instance_inference(logits, masks, input_hw, output_hw, topk=topk,
+                                                  score_threshold=score_threshold))
+            elif task == "panoptic":
+                results.append(panoptic_inference(
+                    logits, masks, input_hw, output_hw, thing_classes=thing_classes,
+                    object_mask_threshold=object_mask_threshold,
+                    overlap_threshold=overlap_threshold))
+            else:
+                raise ValueError(f"task must be semantic/instance/panoptic, got {task!r}")
+    return results
