@@ -26,39 +26,82 @@ if TYPE_CHECKING:
     from tilesegcli.train.net import TrainNet
 
 
-def predict_image(seg: Segmenter, image: np.ndarray, tile: int, overlap: int, batch: int = 8
-                  ) -> np.ndarray:
-    """(H, W) int32 instance labels of a whole image, tiled with centroid-in-core ownership."""
+def tile_windows(image: np.ndarray, tile: int, overlap: int) -> tuple[list, np.ndarray]:
+    """Grid tiles of ``image`` and their (N, tile, tile, 3) windows (reflect-padded at edges)."""
     h, w = image.shape[:2]
-    grid = make_grid(w, h, tile, overlap)
-    tiles = iter_tiles(grid)
+    specs = iter_tiles(make_grid(w, h, tile, overlap))
+    arr = np.zeros((len(specs), tile, tile, 3), np.uint8)
+    for i, t in enumerate(specs):
+        win = image[t.y:t.y + tile, t.x:t.x + tile]
+        arr[i] = np.pad(win, ((0, tile - win.shape[0]), (0, tile - win.shape[1]), (0, 0)),
+                        mode="reflect" if min(win.shape[:2]) > 1 else "edge")
+    return specs, arr
+
+
+def stitch(shape: tuple[int, int], specs: list, tile_labels: list[np.ndarray]) -> np.ndarray:
+    """Paste per-tile instance labels into one (H, W) image: an instance belongs to the tile whose
+    core holds its centroid and takes the pixels no earlier instance took."""
+    h, w = shape
     out = np.zeros((h, w), np.int32)
     n = 0
-    for s in range(0, len(tiles), batch):
-        specs = tiles[s:s + batch]
-        arr = np.zeros((len(specs), tile, tile, 3), np.uint8)
-        for i, t in enumerate(specs):
-            win = image[t.y:t.y + tile, t.x:t.x + tile]
-            arr[i] = np.pad(win, ((0, tile - win.shape[0]), (0, tile - win.shape[1]), (0, 0)),
-                            mode="reflect" if min(win.shape[:2]) > 1 else "edge")
-        for t, res in zip(specs, seg.predict_batch(arr), strict=True):
-            if res.labels is None or res.num_instances == 0:
+    for t, lab in zip(specs, tile_labels, strict=True):
+        lab = lab[: min(lab.shape[0], h - t.y), : min(lab.shape[1], w - t.x)]
+        x0, y0, x1, y1 = t.core
+        for k in range(1, int(lab.max(initial=0)) + 1):
+            ys, xs = np.nonzero(lab == k)
+            if len(ys) == 0:
                 continue
-            lab = res.labels[: min(tile, h - t.y), : min(tile, w - t.x)]
-            x0, y0, x1, y1 = t.core
-            for k in range(1, res.num_instances + 1):
-                ys, xs = np.nonzero(lab == k)
-                if len(ys) == 0:
-                    continue
-                cy, cx = ys.mean() + t.y, xs.mean() + t.x
-                if not (x0 <= cx < x1 and y0 <= cy < y1):
-                    continue
-                gy, gx = ys + t.y, xs + t.x
-                free = out[gy, gx] == 0
-                if free.any():
-                    n += 1
-                    out[gy[free], gx[free]] = n
+            cy, cx = ys.mean() + t.y, xs.mean() + t.x
+            if not (x0 <= cx < x1 and y0 <= cy < y1):
+                continue
+            gy, gx = ys + t.y, xs + t.x
+            free = out[gy, gx] == 0
+            if free.any():
+                n += 1
+                out[gy[free], gx[free]] = n
     return out
+
+
+def predict_image(seg: Segmenter, image: np.ndarray, tile: int, overlap: int, batch: int = 8
+                  ) -> np.ndarray:
+    """(H, W) int32 instance labels of a whole image through ``seg.predict_batch``."""
+    specs, arr = tile_windows(image, tile, overlap)
+    labs = []
+    for s in range(0, len(arr), batch):
+        for res in seg.predict_batch(arr[s:s + batch]):
+            labs.append(res.labels if res.labels is not None else np.zeros(arr.shape[1:3], np.int32))
+    return stitch(image.shape[:2], specs, labs)
+
+
+def sweep_thresholds(seg: Any, data: list[Loaded], tile: int, overlap: int,
+                     thresholds: list[float], min_area: int = 4, batch: int = 8) -> dict[float, dict]:
+    """Mean PQ/AJI/F1/Dice over ``data`` for several instance score thresholds, running the
+    network once per tile (``seg.forward`` raw outputs + Mask2Former instance inference)."""
+    from tilesegcli.nn.postprocess import instance_inference
+
+    raw = []
+    for d in data:
+        specs, arr = tile_windows(d.image, tile, overlap)
+        outs = []
+        for s in range(0, len(arr), batch):
+            lg, mk = seg.forward(arr[s:s + batch])
+            outs += [(lg[i], mk[i]) for i in range(len(lg))]
+        raw.append((d, specs, outs))
+    res = {}
+    for thr in thresholds:
+        pairs = []
+        for d, specs, outs in raw:
+            labs = []
+            for lg, mk in outs:
+                inst = instance_inference(lg, mk, (tile, tile), topk=lg.shape[0], score_threshold=thr)
+                lab = inst.labels
+                area = np.bincount(lab.ravel(), minlength=len(inst.scores) + 1)
+                small = np.nonzero(area < min_area)[0]
+                lab = np.where(np.isin(lab, small[small > 0]), 0, lab)
+                labs.append(lab)
+            pairs.append((d.name, d.ann.labels, stitch(d.image.shape[:2], specs, labs)))
+        res[thr] = evaluate_arrays(pairs).overall()["mean"]
+    return res
 
 
 def segmenter_for(net: TrainNet, cfg: TrainConfig, device: str = "cpu") -> Segmenter:
