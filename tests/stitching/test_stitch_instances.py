@@ -54,7 +54,7 @@ def _blob(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def make_ground_truth(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """~2000 objects: ellipses and blobs from 4 px to larger than any overlap used below, many
+    """~2300 objects: ellipses and blobs from 4 px to larger than any overlap used below, many
     centred on tile seams and corners of the tested grids, some pairs touching each other."""
     rng = np.random.default_rng(seed)
     gt = np.zeros((H, W), np.int32)
@@ -74,8 +74,8 @@ def make_ground_truth(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray
             seams_y.update(core_bounds(r, g.rows, g.stride_px, ov, H))
             seams_y.update((r * g.stride_px, r * g.stride_px + tile))
     sx, sy = np.array(sorted(seams_x)), np.array(sorted(seams_y))
-    for _ in range(5000):
-        m = _ellipse(rng, 14) if rng.random() < 0.7 else _blob(rng, int(rng.integers(6, 30)))
+    for _ in range(8000):
+        m = _ellipse(rng, 11) if rng.random() < 0.7 else _blob(rng, int(rng.integers(6, 26)))
         kind = rng.random()
         cy, cx = rng.integers(0, H), rng.integers(0, W)
         if kind < 0.35:
@@ -164,7 +164,7 @@ def test_tiled_matches_ground_truth_one_to_one(truth, tile, overlap, offset) -> 
     dy, dx = offset  # shift the slide under the grid: seams fall elsewhere
     gt = np.pad(gt, ((dy, 0), (dx, 0)))
     ref = labels_to_geometries(gt)
-    assert len(ref) > 1500
+    assert len(ref) > 2000
     st = StitchStats()
     objs = run(gt, classes, scores, tile, overlap, stats=st)
     worst = match_one_to_one(objs, ref, classes, scores)
@@ -212,6 +212,7 @@ def test_min_area_and_row_major_order(truth) -> None:
 
 def test_pending_memory_does_not_grow_with_rows(truth) -> None:
     gt, classes, scores, _ = truth
+    gt = gt[:, :420]  # a narrow strip, stacked 1x and 3x: pending views must not scale with rows
     peaks = []
     for reps in (1, 3):
         tall = np.concatenate([gt] * reps, axis=0)
@@ -222,7 +223,7 @@ def test_pending_memory_does_not_grow_with_rows(truth) -> None:
         sc = np.concatenate([[0.0]] + [scores[1:]] * reps)
         st = StitchStats()
         objs = run(tall, cls, sc, 128, 32, stats=st)
-        assert len(objs) == reps * (len(np.unique(gt)) - 1)
+        assert len(objs) == reps * len(labels_to_geometries(gt))
         peaks.append(st.pending_peak)
     assert peaks[1] <= 1.2 * peaks[0] + 10
 
