@@ -247,3 +247,23 @@ def test_non_8bit_rgb_pyramids_use_tifffile(tmp_path: Path, kind: str) -> None:
                 lo, hi = np.percentile(g16, [0.5, 99.5])
                 ref = np.clip((g16 - lo) * 255 / (hi - lo) + 0.5, 0, 255).astype(np.uint8)
                 assert np.abs(got[..., 0].astype(int) - ref).max() <= 12  # range from a subsample
+
+
+def test_single_strip_uncompressed_is_memory_mapped(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import tifffile
+
+    from tilesegcli.readers import tiff_reader
+
+    monkeypatch.setattr(tiff_reader, "MEMMAP_MIN_CHUNK_BYTES", 1 << 16)
+    img = syn.tissue_like(700, 500, seed=1)
+    p = tmp_path / "strip.tif"
+    tifffile.imwrite(p, img, photometric="rgb", rowsperstrip=500, metadata=None)
+    with open_reader(p, backend="tifffile") as r:
+        assert isinstance(r._levels.arrays[0], np.memmap)
+        np.testing.assert_array_equal(r.read_region(0, 650, 480, 100, 40)[:20, :50], img[480:, 650:])
+    q = tmp_path / "strip_z.tif"  # compressed single strip: stays a zarr chunk
+    tifffile.imwrite(q, img, photometric="rgb", rowsperstrip=500, compression="zlib", metadata=None)
+    with open_reader(q, backend="tifffile") as r:
+        assert not isinstance(r._levels.arrays[0], np.memmap)
+        np.testing.assert_array_equal(r.read_region(0, 0, 0, 700, 500), img)

@@ -30,6 +30,7 @@ from tilesegcli.readers.base import BaseReader, one_line, robust_range, to_rgb8
 from tilesegcli.readers.geotiff import georef_of
 from tilesegcli.specs import LevelInfo, SlideInfo
 
+MEMMAP_MIN_CHUNK_BYTES = 16 << 20  # single chunks bigger than this are memory-mapped if possible
 MAX_TAG_MPP = 20.0  # µm/px; resolution tags implying more are print/screen DPI, not microscopy
 _OME_UNIT_TO_UM = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}
 
@@ -49,13 +50,35 @@ def _quiet_tifffile() -> Iterator[None]:
 class _LevelArrays:
     """zarr arrays of one series' levels plus the axes -> (y, x, c) indexing."""
 
-    def __init__(self, series: Any) -> None:
+    def __init__(self, series: Any, path: str | None = None, series_index: int = 0) -> None:
         import zarr
 
         self.store = series.aszarr(multiscales=True)
         group = zarr.open_group(self.store, mode="r")
-        self.arrays = [group[str(i)] for i in range(len(series.levels))]
+        self.arrays: list[Any] = [group[str(i)] for i in range(len(series.levels))]
         self.axes = [lv.axes for lv in series.levels]
+        if path is not None:
+            self._memmap_huge_strips(series, path, series_index)
+
+    def _memmap_huge_strips(self, series: Any, path: str, series_index: int) -> None:
+        """An uncompressed image stored as one huge strip is a single zarr chunk, so every
+        window would read all of it; such contiguous data is memory-mapped instead (the OS
+        pages in only the rows a window touches)."""
+        import tifffile
+
+        for i, lv in enumerate(series.levels):
+            arr = self.arrays[i]
+            chunk_bytes = int(np.prod(arr.chunks)) * arr.dtype.itemsize
+            if chunk_bytes < MEMMAP_MIN_CHUNK_BYTES or lv.keyframe.compression != 1:
+                continue
+            if lv.dataoffset is None:  # not contiguous in the file
+                continue
+            try:
+                mm = tifffile.memmap(path, series=series_index, level=i, mode="r")
+            except Exception:
+                continue
+            if tuple(mm.shape) == tuple(arr.shape):
+                self.arrays[i] = mm
 
     def size(self, i: int) -> tuple[int, int]:
         ax, shp = self.axes[i], self.arrays[i].shape
@@ -117,7 +140,7 @@ class TiffReader(BaseReader):
             raise SlideOpenError(f"{self.path}: TIFF has no image series")
         s = series[0]
         page = s.keyframe
-        self._levels = _LevelArrays(s)
+        self._levels = _LevelArrays(s, self.path, tf.series.index(s))
         sizes = [self._levels.size(i) for i in range(len(s.levels))]
         W, H = sizes[0]
         levels = tuple(
@@ -296,6 +319,9 @@ class TiffReader(BaseReader):
 
     def _close(self) -> None:
         with self._lock:
+            self._levels.arrays = []  # drop zarr arrays / memmaps before the file handle
+            if self._mask_levels is not None:
+                self._mask_levels.arrays = []
             self._tf.close()
             if self._sidecar is not None:
                 self._sidecar.close()
