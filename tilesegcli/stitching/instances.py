@@ -23,6 +23,9 @@ ends above the next tile row's window) it is resolved:
   crops partition the object, so the union is exact and seam-free. ``merged=True``.
   Class = class with the largest summed core-crop area; score = core-crop-area-weighted mean.
 * a lone uncut view whose bbox centre is in another tile's core is a duplicate (that tile owns it).
+* interior objects within a few px of an inner core edge are also pooled as *ghosts* (already
+  emitted); a group holding a ghost is dropped, which absorbs copies a neighbour reports when its
+  prediction differs by a pixel or two (real models; the oracle never needs it).
 
 Memory holds only pending seam views of about one tile row, never the finished objects.
 """
