@@ -137,3 +137,10 @@ class SimpleSegmenter:
                 res.instance_scores = scores
             out.append(res)
         return out
+
+
+def native(device: str = "cpu", weights: str | None = None) -> SimpleSegmenter:
+    """Factory for ``--model tilesegcli.nn.simple:native``: the simple net at the input's own
+    resolution (``mpp=None``), e.g. for GeoTIFF demos whatever their ground sampling distance.
+    Shows the ``package.module:factory`` route for bringing your own model to the CLI."""
+    return SimpleSegmenter(mpp=None, mpp_unit="m", name="simple-native", device=device)
