@@ -28,17 +28,18 @@ class PillowReader(BaseReader):
 
         self.path = str(path)
         try:
-            with warnings.catch_warnings(), Image.open(self.path) as im:
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # corrupt-EXIF chatter; failures still raise
-                fmt = im.format
-                if im.mode == "P":
-                    im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-                elif im.mode in ("CMYK", "YCbCr", "HSV", "LAB", "1"):
-                    im = im.convert("L" if im.mode == "1" else "RGB")
-                elif im.mode == "PA":
-                    im = im.convert("RGBA")
-                arr = np.asarray(im)
-                mode = im.mode
+                with Image.open(self.path) as im:
+                    fmt = im.format
+                    if im.mode == "P":
+                        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+                    elif im.mode in ("CMYK", "YCbCr", "HSV", "LAB", "1"):
+                        im = im.convert("L" if im.mode == "1" else "RGB")
+                    elif im.mode == "PA":
+                        im = im.convert("RGBA")
+                    arr = np.asarray(im)
+                    mode = im.mode
         except Exception as e:  # PIL raises many types (UnidentifiedImageError, OSError, ...)
             raise SlideOpenError(f"{self.path}: not a readable image: {one_line(e)}") from e
         if arr.ndim == 2:
