@@ -106,7 +106,10 @@ def test_head_matches_official(seg: dict, backbone_out) -> None:
     head.eval()
     with torch.no_grad():
         out = head(backbone_out)
+        lean = head(backbone_out, with_aux=False)
     _check_predictions(out, seg["io"])
+    torch.testing.assert_close(lean["pred_logits"], seg["io"]["pred_logits"], **TOL)
+    torch.testing.assert_close(lean["pred_masks"], seg["io"]["pred_masks"], **TOL)
 
 
 def test_full_model_matches_official(aff_fixtures: Path, seg: dict) -> None:

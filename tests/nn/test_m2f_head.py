@@ -111,3 +111,15 @@ def test_full_model_checkpoint_roundtrip_and_errors(tmp_path) -> None:
     for name in ("missing.pth", "extra.pth", "shape.pth", "evil.pth", "absent.pth"):
         with pytest.raises(WeightsError):
             load_official_checkpoint(dst, tmp_path / name)
+
+
+def test_without_aux_gives_same_final_outputs() -> None:
+    torch.manual_seed(2)
+    head = _head().eval()
+    feats = _tokens(2)
+    with torch.no_grad():
+        full = head(feats)
+        lean = head(feats, with_aux=False)
+    assert lean["aux_outputs"] == []
+    torch.testing.assert_close(lean["pred_logits"], full["pred_logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lean["pred_masks"], full["pred_masks"], atol=1e-5, rtol=1e-5)

@@ -96,16 +96,17 @@ class AFFMask2FormerHead(nn.Module):
             mask_dim=mask_dim,
         )
 
-    def forward(self, feats: BackboneOutput) -> dict:
+    def forward(self, feats: BackboneOutput, with_aux: bool = True) -> dict:
         pd = self.pixel_decoder(feats)
         return self.predictor(pd.multi_scale_features, pd.multi_scale_pos, pd.mask_features,
-                              pd.mask_pos, pd.canvas_hw)
+                              pd.mask_pos, pd.canvas_hw, with_aux=with_aux)
 
 
 class AFFMask2Former(nn.Module):
     """Backbone + head. forward(images (B, 3, H, W) normalised float) ->
     pred_logits (B, Q, K+1), pred_masks (B, Q, ceil(H/4), ceil(W/4)) mask logits,
-    aux_outputs [{pred_logits, pred_masks}] * (dec_layers - 1)."""
+    aux_outputs [{pred_logits, pred_masks}] * (dec_layers - 1) (empty if with_aux=False, which
+    skips the intermediate dense masks; use it for inference)."""
 
     def __init__(self, backbone: nn.Module, sem_seg_head: AFFMask2FormerHead) -> None:
         super().__init__()
@@ -115,8 +116,8 @@ class AFFMask2Former(nn.Module):
         self.pixel_mean = PIXEL_MEAN
         self.pixel_std = PIXEL_STD
 
-    def forward(self, images: torch.Tensor) -> dict:
-        return self.sem_seg_head(self.backbone(images))
+    def forward(self, images: torch.Tensor, with_aux: bool = True) -> dict:
+        return self.sem_seg_head(self.backbone(images), with_aux=with_aux)
 
     def normalize(self, rgb_uint8: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 RGB -> the normalised float input of ``forward``."""

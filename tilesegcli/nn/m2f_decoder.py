@@ -148,9 +148,13 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         mask_features: torch.Tensor,
         mask_pos: torch.Tensor,
         canvas_hw: tuple[int, int],
+        with_aux: bool = True,
     ) -> dict:
         """feats/poss: the 3 encoder levels (B, n_l, C) / (B, n_l, 2); mask_features (B, n2, D) at
-        mask_pos. Returns pred_logits (B, Q, K+1), pred_masks (B, Q, h, w), aux_outputs."""
+        mask_pos. Returns pred_logits (B, Q, K+1), pred_masks (B, Q, h, w), aux_outputs.
+
+        with_aux=False (inference): aux_outputs is empty and intermediate mask logits are computed
+        only at the res2 tokens the attention masks need; final outputs are unchanged."""
         srcs, pes = [], []
         for i in range(self.num_feature_levels):
             pes.append(sine_embed(poss[i], self.hidden_dim // 2).permute(1, 0, 2))
@@ -165,9 +169,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, b, 1)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, b, 1)
         classes, masks = [], []
-        cls, mask, attn_mask = self._predict(output, mask_features, interp[0])
+        dense = with_aux or self.num_layers == 0
+        cls, mask, attn_mask = self._predict(output, mask_features, interp[0], dense)
         classes.append(cls)
-        masks.append(point2img(mask, mask_pos, canvas_hw))
+        masks.append(point2img(mask, mask_pos, canvas_hw) if dense else None)
         for i in range(self.num_layers):
             lvl = i % self.num_feature_levels
             attn_mask[attn_mask.all(-1)] = False
@@ -177,30 +182,33 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             output = self.transformer_self_attention_layers[i](output, query_embed)
             output = self.transformer_ffn_layers[i](output)
             nxt = (i + 1) % self.num_feature_levels
-            cls, mask, attn_mask = self._predict(output, mask_features, interp[nxt])
+            dense = with_aux or i == self.num_layers - 1
+            cls, mask, attn_mask = self._predict(output, mask_features, interp[nxt], dense)
             classes.append(cls)
-            masks.append(point2img(mask, mask_pos, canvas_hw))
-        return {
-            "pred_logits": classes[-1],
-            "pred_masks": masks[-1],
-            "aux_outputs": [
-                {"pred_logits": c, "pred_masks": m}
-                for c, m in zip(classes[:-1], masks[:-1], strict=True)
-            ],
-        }
+            masks.append(point2img(mask, mask_pos, canvas_hw) if dense else None)
+        aux = [{"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1],
+                                                                  strict=True)]
+        return {"pred_logits": classes[-1], "pred_masks": masks[-1],
+                "aux_outputs": aux if with_aux else []}
 
     def _predict(
         self,
         output: torch.Tensor,
         mask_features: torch.Tensor,
         interp: tuple[torch.Tensor, torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dense: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         dec = self.decoder_norm(output).transpose(0, 1)  # b q c
         cls = self.class_embed(dec)
-        mask = self.mask_embed(dec) @ mask_features.permute(0, 2, 1)  # b q n2
+        emb = self.mask_embed(dec)
+        idx, w = interp
+        mask = emb @ mask_features.permute(0, 2, 1) if dense else None  # b q n2
         with torch.no_grad():
-            idx, w = interp
-            at_level = weighted_gather(mask.detach().permute(0, 2, 1), idx, w)  # b n_l q
+            if mask is not None:
+                at_level = weighted_gather(mask.detach().permute(0, 2, 1), idx, w)  # b n_l q
+            else:  # logits only at the (<= 4) res2 tokens each level token interpolates from
+                sub = gather_rows(mask_features, idx)  # b n_l k c
+                at_level = (torch.einsum("bqc,bnkc->bnkq", emb, sub) * w[..., None]).sum(2)
             blocked = at_level.permute(0, 2, 1).sigmoid() < 0.5  # b q n_l
             attn_mask = blocked.repeat_interleave(self.num_heads, dim=0)  # b*h q n_l
         return cls, mask, attn_mask
