@@ -229,6 +229,70 @@ def space_filling_cluster(
         return order, mean, mask.float()
 
 
+def nearest_clusters(pos: torch.Tensor, mean: torch.Tensor, m: int, nnc: int) -> torch.Tensor:
+    """`knn(pos, mean, nnc)` indices for tokens in cluster order (token i belongs to cluster i // m).
+
+    Exact through candidates: each cluster c proposes the K nearest cluster means to its own mean
+    (distance D_c to the K-th). Any other cluster j is at least D_c - |p - mean_c| from a member p,
+    so p's answer among the candidates is final when its nnc-th distance is strictly below that
+    bound; the few remaining tokens use the plain search.
+    """
+    with torch.no_grad():
+        b, n, _ = pos.shape
+        k = mean.shape[1]
+        big = 3 * nnc + 6
+        if big >= k or n * k <= _BRUTE_PAIRS:
+            return knn(pos, mean, nnc)[0]
+        p32, m32 = pos.detach().float(), mean.detach().float()
+        cand, cand_d2 = knn(m32, m32, big)  # (b, k, big)
+        own = torch.arange(n, device=pos.device) // m
+        out = torch.empty(b, n, nnc, dtype=torch.long, device=pos.device)
+        for bi in range(b):
+            ci = cand[bi, own]  # (n, big)
+            d2 = _sq_dist(p32[bi, :, None, :], m32[bi][ci])
+            idx, dk = _topk_rows(d2, ci, nnc)
+            r = torch.sqrt(_sq_dist(p32[bi], m32[bi, own]))
+            bound = torch.sqrt(cand_d2[bi, own, -1]) - r - 1e-9
+            bad = (~(torch.sqrt(dk[:, -1]) < bound)).nonzero().squeeze(1)
+            if bad.numel():
+                idx[bad] = knn(p32[bi : bi + 1, bad], m32[bi : bi + 1], nnc)[0][0]
+            out[bi] = idx
+        return out
+
+
+def _nearest_other_d2(pos: torch.Tensor, radius: int) -> torch.Tensor:
+    """Squared distance of every token to the nearest other token (B, n) float64, for distinct
+    integer positions: probe an occupancy canvas at offsets of increasing length up to `radius`;
+    tokens with nobody that close fall back to `knn`."""
+    b, n, _ = pos.shape
+    p = pos.detach().long()
+    lo = p.amin(1, keepdim=True)
+    p = p - lo
+    hw = p.amax(1).amax(0) + 1
+    h, w = int(hw[1]) + 2 * radius, int(hw[0]) + 2 * radius
+    occ = torch.zeros(b, h * w, dtype=torch.bool, device=pos.device)
+    flat = (p[..., 1] + radius) * w + (p[..., 0] + radius)
+    occ.scatter_(1, flat, True)
+    r = torch.arange(-radius, radius + 1, device=pos.device)
+    oy, ox = torch.meshgrid(r, r, indexing="ij")
+    d2 = (ox * ox + oy * oy).reshape(-1)
+    keep = (d2 > 0) & (d2 <= radius * radius)
+    d2, order = torch.sort(d2[keep], stable=True)
+    shift = (oy.reshape(-1)[keep] * w + ox.reshape(-1)[keep])[order]
+    out = torch.full((b, n), math.inf, dtype=torch.float64, device=pos.device)
+    step = max(1, _CHUNK_PAIRS // max(shift.numel(), 1))
+    for s in range(0, n, step):
+        hit = occ.gather(1, (flat[:, s : s + step, None] + shift).reshape(b, -1))
+        hit = hit.reshape(b, -1, shift.numel())
+        first = hit.float().argmax(-1)  # first occupied offset (offsets sorted by length)
+        found = hit.any(-1)
+        out[:, s : s + step] = torch.where(found, d2[first].double(), math.inf)
+    miss = ~torch.isfinite(out)
+    if bool(miss.any()):
+        out = torch.where(miss, knn(pos, pos, 2)[1][..., 1], out)
+    return out
+
+
 def cluster_neighbourhood(
     pos: torch.Tensor, cluster_mean: torch.Tensor, cluster_mask: torch.Tensor | None,
     cluster_size: int, nnc: int,
@@ -240,7 +304,7 @@ def cluster_neighbourhood(
     """
     b, n, _ = pos.shape
     m = cluster_size
-    nearest, _ = knn(pos, cluster_mean, nnc)  # (b, n, nnc)
+    nearest = nearest_clusters(pos, cluster_mean, m, nnc)  # (b, n, nnc)
     slots = (nearest.unsqueeze(3) * m + torch.arange(m, device=pos.device)).reshape(b, n, nnc * m)
     member_idx = torch.where(slots < n, slots, torch.zeros_like(slots))
     if cluster_mask is None:
@@ -258,8 +322,7 @@ def grid_prior(pos: torch.Tensor, stride: int) -> torch.Tensor:
         p = pos.detach().long()
         if stride == 2:
             return ((p % 2) == 0).all(-1).float()
-        _, d2 = knn(pos, pos, 2)
-        dist = torch.sqrt(d2[..., 1].float())
+        dist = torch.sqrt(_nearest_other_d2(pos, stride).float())
         ada = (2 ** (dist.log2().ceil() + 1)).long().clamp_min(1)
         return ((p % ada.unsqueeze(2)) == 0).all(-1).float()
 
