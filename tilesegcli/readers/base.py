@@ -207,26 +207,25 @@ class BaseReader:
         return d, tw, th
 
     def _blockwise(self, max_px: int, read: Any, fill: Any, filter: str) -> np.ndarray:
-        """Build a thumbnail-sized image by reading the best level in bounded blocks."""
+        """Build a thumbnail-sized image from the best level, read in full-width row bands of
+        <= ~16 M level pixels (full width so stripped TIFFs decode each strip once)."""
         d, tw, th = self._thumb_geometry(max_px)
         level = self.best_level_for(d)
         lv = self.info.levels[level]
-        sx, sy = lv.width / tw, lv.height / th  # level px per thumbnail px
+        sy = lv.height / th  # level rows per thumbnail row
+        band_rows = min(2048, max(16, (16 << 20) // max(1, lv.width)))
+        bh_max = max(1, int(band_rows / sy))  # thumbnail rows per band
         out = None
-        block = max(1, int(2048 / max(sx, sy)))  # thumb px per block so reads stay <= ~2k
-        for ty in range(0, th, block):
-            for tx in range(0, tw, block):
-                bw, bh = min(block, tw - tx), min(block, th - ty)
-                fx0, fy0, fx1, fy1 = tx * sx, ty * sy, (tx + bw) * sx, (ty + bh) * sy
-                lx0, ly0 = int(np.floor(fx0)), int(np.floor(fy0))
-                lx1 = min(lv.width, int(np.ceil(fx1)))
-                ly1 = min(lv.height, int(np.ceil(fy1)))
-                src = read(level, lx0, ly0, lx1 - lx0, ly1 - ly0)
-                part = resize_rgb(src, bw, bh, (fx0 - lx0, fy0 - ly0, min(fx1, lx1) - lx0,
-                                                min(fy1, ly1) - ly0), filter)
-                if out is None:
-                    out = fill((th, tw) + part.shape[2:], part.dtype)
-                out[ty : ty + bh, tx : tx + bw] = part
+        for ty in range(0, th, bh_max):
+            bh = min(bh_max, th - ty)
+            fy0, fy1 = ty * sy, (ty + bh) * sy
+            ly0, ly1 = int(np.floor(fy0)), min(lv.height, int(np.ceil(fy1)))
+            src = read(level, 0, ly0, lv.width, ly1 - ly0)
+            part = resize_rgb(src, tw, bh, (0.0, fy0 - ly0, float(lv.width), min(fy1, ly1) - ly0),
+                              filter)
+            if out is None:
+                out = fill((th, tw) + part.shape[2:], part.dtype)
+            out[ty : ty + bh] = part
         assert out is not None
         return out
 
