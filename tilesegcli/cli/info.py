@@ -16,6 +16,16 @@ import click
 from tilesegcli.specs import SlideInfo
 
 
+def bounds(info: SlideInfo) -> list[int] | None:
+    """OpenSlide's non-empty region (x, y, w, h) in level-0 px when the format records one."""
+    keys = ("openslide.bounds-x", "openslide.bounds-y", "openslide.bounds-width",
+            "openslide.bounds-height")
+    try:
+        return [int(info.properties[k]) for k in keys]
+    except (KeyError, ValueError):
+        return None
+
+
 def info_dict(info: SlideInfo, *, properties: bool = False) -> dict[str, Any]:
     d: dict[str, Any] = {
         "path": info.path,
@@ -34,6 +44,7 @@ def info_dict(info: SlideInfo, *, properties: bool = False) -> dict[str, Any]:
         "crs": info.crs,
         "geotransform": list(info.geotransform) if info.geotransform else None,
         "valid_mask": info.properties.get("tileseg.mask"),
+        "bounds": bounds(info),
     }
     if properties:
         d["properties"] = dict(info.properties)
@@ -54,6 +65,12 @@ def format_text(info: SlideInfo) -> str:
     if info.geotransform is not None:
         lines.append(f"crs:       {info.crs or 'none (not defined in the file)'}")
         lines.append("transform: " + ", ".join(f"{v:.10g}" for v in info.geotransform))
+    b = bounds(info)
+    if b is not None:
+        lines.append(f"bounds:    x={b[0]} y={b[1]} w={b[2]} h={b[3]} (scanned region, level 0)")
+    if "tileseg.mpp_ignored" in info.properties:
+        lines.append(f"note:      ignored mpp {info.properties['tileseg.mpp_ignored']} "
+                     "(TIFF print resolution, not a pixel size)")
     mask = info.properties.get("tileseg.mask")
     if mask:
         lines.append(f"valid mask: {mask}")
