@@ -158,6 +158,7 @@ def run_slide(
             extra={"slide": plan.slide_meta, "model": _model_meta(segmenter),
                    "params": config.params()},
         )
+        res.tiles_selected = int(store.selected.sum())  # the store's selection rules
         mine = store.shard_tiles(shard_i, shard_n)
         todo = store.pending(mine)
         res.tiles_shard = len(mine)

@@ -101,7 +101,7 @@ def run_tiles(
     read_errors: list[BaseException] = []  # tiles read before the failure still run
     errors: list[BaseException] = []  # writer/model failures: stop at once
     q_in: queue.Queue = queue.Queue(maxsize=max(2, num_workers + 1))
-    q_out: queue.Queue = queue.Queue(maxsize=2)
+    q_out: queue.Queue = queue.Queue(maxsize=1)  # small: a kill loses little finished work
 
     bar = None
     if progress:

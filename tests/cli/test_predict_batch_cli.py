@@ -9,6 +9,7 @@ import json
 import shutil
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -112,3 +113,16 @@ def test_merge_incomplete_store_is_an_error(run_cli, two_slides, tmp_path):
     assert not (tmp_path / "m.geojson").exists()
     code, _, err = run_cli("merge", tmp_path, "-o", tmp_path / "m.geojson")
     assert code == 1 and "not a tile store" in err
+
+
+def test_labels_image_written_atomically(run_cli, two_slides, tmp_path):
+    a, _ = two_slides
+    labels = tmp_path / "a_labels.zarr"
+    code, _, err = run_cli("predict", a, "-o", tmp_path / "a.geojson", "--model", "simple",
+                           "--labels", labels)
+    assert code == 0, err
+    import zarr
+
+    inst = zarr.open_group(str(labels / "labels" / "instances"), mode="r")
+    assert int(np.asarray(inst["0"][:]).max()) > 10
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]

@@ -84,6 +84,7 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
     from tilesegcli.store import parse_shard
 
     setup_logging(log_level, quiet)
+    _log_header()
     paths = [Path(p) for p in inputs]
     if input_list is not None:
         paths += [Path(p) for p in read_input_list(input_list)]
@@ -113,6 +114,20 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
     failed = [r for r in results if r.status == "failed"]
     if failed:
         raise SystemExit(1)
+
+
+def _log_header() -> None:
+    import logging
+    import os
+    import socket
+
+    from tilesegcli import __version__
+
+    job = os.environ.get("SLURM_JOB_ID")
+    task = os.environ.get("SLURM_ARRAY_TASK_ID")
+    logging.getLogger("tileseg").info(
+        "tileseg %s on %s pid %d%s", __version__, socket.gethostname(), os.getpid(),
+        f" (SLURM job {job}{'_' + task if task else ''})" if job else "")
 
 
 def _write_summary(path: Path, results: list) -> None:
