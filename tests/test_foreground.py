@@ -139,6 +139,10 @@ def test_roi_qupath_and_georeferenced(tmp_path: Path) -> None:
     gf.write_text(json.dumps(geo_roi))
     with open_reader(g) as r:
         assert load_roi(gf, r.info).bounds == (10.0, 10.0, 30.0, 30.0)
+        pf = tmp_path / "px.geojson"  # drawn in pixel coordinates on the raster (QuPath)
+        pf.write_text(json.dumps({"type": "Polygon", "coordinates": [
+            [[10, 10], [50, 10], [50, 40], [10, 40], [10, 10]]]}))
+        assert load_roi(pf, r.info).bounds == (10.0, 10.0, 50.0, 40.0)
     bad = tmp_path / "bad.geojson"
     bad.write_text("{not json")
     with pytest.raises(UsageError, match="bad.geojson"):

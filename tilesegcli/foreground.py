@@ -17,7 +17,8 @@ Owns:
 * ``load_roi(path, info)``: a QuPath GeoJSON export (FeatureCollection, Feature list, Feature or
   geometry; polygons only) -> shapely geometry in level-0 pixels. For georeferenced inputs the
   coordinates are CRS coordinates (a QGIS export) and are mapped through the inverse
-  geotransform.
+  geotransform -- unless only the untransformed polygons meet the image (drawn in pixel
+  coordinates, e.g. in QuPath), then they are used as pixels with a warning.
 * ``tile_has_foreground`` / ``foreground_boxes`` / ``select_tiles``: vectorised (summed-area
   table) test of each tile's *read window* against the mask (+ exact ROI intersection), so
   background tiles never reach the model.
@@ -26,6 +27,7 @@ Owns:
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ from tilesegcli.errors import UsageError
 from tilesegcli.specs import GridSpec, SlideInfo, TileSpec
 
 MODES = ("auto", "tissue", "valid", "none")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -141,7 +144,13 @@ def load_roi(path: str | Path, info: SlideInfo | None = None) -> Any:
         raise UsageError(f"--roi {p}: contains no polygon")
     roi = shapely.union_all(polys)
     if info is not None and info.geotransform is not None:
-        roi = shapely.transform(roi, _world_to_pixel(info.geotransform))
+        image = shapely.box(0, 0, info.width, info.height)
+        px = shapely.transform(roi, _world_to_pixel(info.geotransform))
+        if not px.intersects(image) and roi.intersects(image):
+            # drawn on the raster in pixel coordinates (e.g. QuPath on a GeoTIFF)
+            log.warning("%s: ROI is outside the raster in CRS coordinates; using it as pixels", p)
+            return roi
+        return px
     return roi
 
 
