@@ -59,7 +59,8 @@ class TrainConfig:
     mask_weight: float = 5.0
     dice_weight: float = 5.0
     no_object_weight: float = 0.1
-    num_points: int = 1024
+    num_points: int = 1024  # loss points per mask (importance-sampled)
+    match_points: int = 2048  # uniform points for the Hungarian matching cost (small objects!)
     aux_dense_weight: float = 1.0  # auxiliary foreground/boundary loss on the mask features
     # optimisation
     batch_size: int = 4

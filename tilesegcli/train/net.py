@@ -45,7 +45,7 @@ def boundary_map(masks: np.ndarray) -> np.ndarray:
 class TrainNet(nn.Module):
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()
-        from tilesegcli.nn.criterion import SetCriterion
+        from tilesegcli.nn.criterion import HungarianMatcher, SetCriterion
 
         self.cfg = cfg
         self.model = build_model(cfg.architecture)
@@ -53,8 +53,10 @@ class TrainNet(nn.Module):
         self.num_classes = int(hk["num_classes"])
         mask_dim = int(hk.get("mask_dim", 256))
         self.dense = nn.Sequential(nn.Linear(mask_dim, mask_dim), nn.GELU(), nn.Linear(mask_dim, 2))
+        matcher = HungarianMatcher(cfg.class_weight, cfg.mask_weight, cfg.dice_weight,
+                                   num_points=cfg.match_points)
         self.criterion = SetCriterion(
-            self.num_classes, class_weight=cfg.class_weight, mask_weight=cfg.mask_weight,
+            self.num_classes, matcher=matcher, class_weight=cfg.class_weight, mask_weight=cfg.mask_weight,
             dice_weight=cfg.dice_weight, eos_coef=cfg.no_object_weight, num_points=cfg.num_points,
             deep_supervision=True)
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
