@@ -79,52 +79,52 @@ class AttentionPlan:
 
     Queries are the stage's tokens in cluster order, viewed as k blocks of m (padded to k*m). Every
     block attends to the members of the union of its tokens' nearest clusters plus the blank token
-    (L keys, the last one is the blank: index n, table row T, bias 0). `bias` holds 0 for a token's
-    own neighbours, -100 for padding slots of its own clusters (as the official code) and -inf for
-    union keys outside its neighbourhood, so each token's softmax covers exactly its own
-    neighbourhood and the blank. Per-token gathers become dense per-block matmuls.
+    (L keys; the last is the blank, token index n). `bias_idx` picks, per (query, key), a row of the
+    per-block bias table [PE(table) | PE(table) - 100 | 0 | -inf] (rows 0..T-1, T..2T-1, 2T, 2T+1):
+    the position bias of a token's own neighbours, the same minus 100 for padding slots of its own
+    clusters (as the official code), 0 for the blank key and -inf for union keys outside the
+    token's neighbourhood, so each softmax covers exactly the token's neighbourhood and the blank.
+    Per-token gathers become dense per-block matmuls.
     """
 
     key_idx: torch.Tensor  # (B, k, L) int64 token index of each key; n = blank token
-    bias: torch.Tensor  # (B, k, m, L) float32
-    pe_idx: torch.Tensor  # (B, k, m, L) int64 row of `table`; T = blank (zero bias)
+    bias_idx: torch.Tensor  # (B, k, m, L) int32 row of the bias table
     table: torch.Tensor  # (T, 5) relative-position features
     m: int
     n: int
 
 
-def _plan_pe(pos: torch.Tensor, key_idx: torch.Tensor, qpos: torch.Tensor, live: torch.Tensor,
-             clamp: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Table rows of every (query, key) pair of a plan, and the table (radius = largest offset)."""
+def _rel_rows(pos: torch.Tensor, key_idx: torch.Tensor, qpos: torch.Tensor, clamp: int | None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Table row of every (query block member, key) pair and the table covering those offsets."""
     b, k, L = key_idx.shape
     m = qpos.shape[2]
-    step = max(1, CHUNK_ELEMENTS // max(b * m * L * 2, 1))
-    radius = 0
-    for s in range(0, k, step):
-        kp = _flat_gather(pos, key_idx[:, s : s + step])
-        rel = (kp[:, :, None] - qpos[:, s : s + step, :, None]).abs().amax(-1)
-        rel = torch.where(live[:, s : s + step], rel, torch.zeros_like(rel))
-        radius = max(radius, int(rel.max()) if rel.numel() else 0)
+    kp = _flat_gather(pos, key_idx)  # (b, k, L, 2)
+    # Largest offset within any block, from per-block bounding boxes (cheap, slightly generous).
+    span = torch.maximum(kp.amax(2) - qpos.amin(2), qpos.amax(2) - kp.amin(2))
+    radius = int(span.max()) if span.numel() else 0
     if clamp is not None:
         radius = min(radius, clamp)
     width = 2 * radius + 1
-    pe_idx = torch.empty(b, k, m, L, dtype=torch.long, device=pos.device)
+    rows = torch.empty(b, k, m, L, dtype=torch.int32, device=pos.device)
+    step = max(1, CHUNK_ELEMENTS // max(b * m * L * 2, 1))
     for s in range(0, k, step):
-        kp = _flat_gather(pos, key_idx[:, s : s + step])
-        rel = (kp[:, :, None] - qpos[:, s : s + step, :, None]).long().clamp(-radius, radius) + radius
-        idx = rel[..., 1] * width + rel[..., 0]
-        pe_idx[:, s : s + step] = torch.where(live[:, s : s + step], idx, radius * width + radius)
-    return pe_idx, rel_table(radius).to(pos.device)
+        rel = (kp[:, s : s + step, None] - qpos[:, s : s + step, :, None]).long()
+        rel = rel.clamp(-radius, radius) + radius
+        rows[:, s : s + step] = rel[..., 1] * width + rel[..., 0]
+    return rows, rel_table(radius).to(pos.device)
 
 
-def _with_blank(key_idx: torch.Tensor, bias: torch.Tensor, pe_idx: torch.Tensor, table: torch.Tensor,
-                m: int, n: int) -> AttentionPlan:
-    """Append the blank-token key column (token index n, table row T, bias 0)."""
+def _finish_plan(key_idx: torch.Tensor, rows: torch.Tensor, kind: torch.Tensor | None,
+                 table: torch.Tensor, m: int, n: int) -> AttentionPlan:
+    """Encode pair kinds (0 own, 1 own padding, 2 outside) into bias rows; append the blank key."""
     b, k, _ = key_idx.shape
+    t = table.shape[0]
+    if kind is not None:
+        rows = torch.where(kind == 0, rows, torch.where(kind == 1, rows + t, 2 * t + 1))
+    rows = torch.cat([rows, rows.new_full((b, k, m, 1), 2 * t)], dim=3).to(torch.int32)
     key_idx = torch.cat([key_idx, key_idx.new_full((b, k, 1), n)], dim=2)
-    pe_idx = torch.cat([pe_idx, pe_idx.new_full((b, k, m, 1), table.shape[0])], dim=3)
-    bias = torch.cat([bias, bias.new_zeros(b, k, m, 1)], dim=3)
-    return AttentionPlan(key_idx, bias, pe_idx, table, m, n)
+    return AttentionPlan(key_idx, rows, table, m, n)
 
 
 def plan_clusters(pos: torch.Tensor, nearest: torch.Tensor, m: int, clamp: int | None) -> AttentionPlan:
@@ -145,13 +145,12 @@ def plan_clusters(pos: torch.Tensor, nearest: torch.Tensor, m: int, clamp: int |
         own.scatter_(2, where.reshape(b * k, m, nnc), True)
         own = own.reshape(b, k, m, umax, 1)
         slot = union.unsqueeze(3) * m + torch.arange(m, device=pos.device)  # (b, k, U, m)
-        real = (slot < n).unsqueeze(2)
-        bias = torch.where(own, torch.where(real, 0.0, -100.0), -math.inf).reshape(b, k, m, umax * m)
+        pad = (slot >= n).unsqueeze(2)
+        kind = torch.where(own, pad.to(torch.uint8), 2).reshape(b, k, m, umax * m)
         key_idx = torch.where(slot < n, slot, 0).reshape(b, k, umax * m)
         qpos = torch.cat([pos, pos[:, :1].expand(-1, k * m - n, -1)], 1).reshape(b, k, m, 2)
-        live = own.expand(-1, -1, -1, -1, m).reshape(b, k, m, umax * m)
-        pe_idx, table = _plan_pe(pos, key_idx, qpos, live, clamp)
-        return _with_blank(key_idx, bias.float(), pe_idx, table, m, n)
+        rows, table = _rel_rows(pos, key_idx, qpos, clamp)
+        return _finish_plan(key_idx, rows, kind, table, m, n)
 
 
 def plan_global(pos: torch.Tensor, clamp: int | None) -> AttentionPlan:
@@ -159,10 +158,8 @@ def plan_global(pos: torch.Tensor, clamp: int | None) -> AttentionPlan:
     with torch.no_grad():
         b, n, _ = pos.shape
         key_idx = torch.arange(n, device=pos.device).view(1, 1, n).expand(b, 1, n).contiguous()
-        live = torch.ones(b, 1, n, n, dtype=torch.bool, device=pos.device)
-        pe_idx, table = _plan_pe(pos, key_idx, pos.reshape(b, 1, n, 2), live, clamp)
-        bias = torch.zeros(b, 1, n, n, device=pos.device)
-        return _with_blank(key_idx, bias, pe_idx, table, n, n)
+        rows, table = _rel_rows(pos, key_idx, pos.reshape(b, 1, n, 2), clamp)
+        return _finish_plan(key_idx, rows, None, table, n, n)
 
 
 def plan_attention(
@@ -189,8 +186,9 @@ def plan_attention(
     if k * m > n:
         q = torch.cat([q, q.new_zeros(b, k * m - n, c)], dim=1)
     qh = q.reshape(b, k, m, h, ch).permute(3, 0, 1, 2, 4)  # (h, b, k, m, ch)
-    pe_tab = pos_embed(plan.table.to(pos_embed.weight.dtype)).to(q.dtype)  # (T, h)
-    pe_tab = torch.cat([pe_tab, pe_tab.new_zeros(1, h)]).t().contiguous()  # (h, T+1)
+    pe = pos_embed(plan.table.to(pos_embed.weight.dtype)).to(q.dtype)  # (T, h)
+    special = torch.tensor([0.0, -math.inf], dtype=pe.dtype, device=pe.device).view(2, 1).expand(2, h)
+    bias_tab = torch.cat([pe, pe - 100, special]).t().contiguous()  # (h, 2T+2)
     base = (torch.arange(b, device=q.device) * (n + 1)).view(b, 1, 1)
     step = max(1, CHUNK_ELEMENTS // max(b * (2 * L * c + 3 * m * L * h), 1))
     outs = []
@@ -200,8 +198,8 @@ def plan_attention(
         flat = (plan.key_idx[:, s:e] + base).reshape(-1)
         kg = keys.index_select(1, flat).view(h, b, kc, L, ch)
         logits = torch.matmul(qh[:, :, s:e], kg.transpose(-1, -2))  # (h, b, kc, m, L)
-        pe = pe_tab.index_select(1, plan.pe_idx[:, s:e].reshape(-1)).view(h, b, kc, m, L)
-        attn = (logits + pe + plan.bias[:, s:e].to(logits.dtype)).softmax(dim=-1)
+        bias = bias_tab.index_select(1, plan.bias_idx[:, s:e].reshape(-1)).view(h, b, kc, m, L)
+        attn = (logits + bias).softmax(dim=-1)
         if attn_drop > 0 and training:
             attn = F.dropout(attn, attn_drop, training=True)
         vg = vals.index_select(1, flat).view(h, b, kc, L, ch)
