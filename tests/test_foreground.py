@@ -49,6 +49,14 @@ def test_all_tissue_slide_is_all_foreground(tmp_path: Path) -> None:
     assert fg.fraction > 0.99
 
 
+def test_haematoxylin_blue_tissue_is_not_pen() -> None:
+    img, truth = syn.tissue_like_with_truth(400, 300, seed=6, n_blobs=2)
+    for colour in ((120, 120, 190), (110, 70, 170), (150, 100, 60)):  # IHC counterstain, H, DAB
+        tinted = img.copy()
+        tinted[truth] = colour
+        assert _iou(tissue_mask(tinted), truth) > 0.95, colour
+
+
 def test_blank_slide_has_no_tissue() -> None:
     for bg in (242, 255, 200):
         assert not tissue_mask(syn.tissue_like(400, 300, n_blobs=0, seed=1, background=bg)).any()

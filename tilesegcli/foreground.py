@@ -4,7 +4,8 @@ Owns:
 * ``tissue_mask(rgb)``: thumbnail-based tissue detection for brightfield pathology. Stained
   tissue is *saturated*; glass is bright and grey; scanner fill / slide edges are black. So:
   drop near-black pixels (max channel < 40, also black pen), drop blue/green pen (hue rules:
-  green-dominant pixels, and blue pixels whose green exceeds red -- haematoxylin has G < R),
+  green-dominant pixels, and blue pixels whose green clearly exceeds red -- haematoxylin has
+  G <= R),
   Otsu on saturation of the remaining pixels, clamped to [0.07, 0.12]: glass is < 0.05 on real
   scans (so a blank slide yields no tissue) while pale stroma is ~0.1-0.2 (and on a slide that
   is all tissue Otsu would split nuclei from stroma), then closing, small-hole filling, removal
@@ -66,7 +67,9 @@ def pen_mask(rgb: np.ndarray) -> np.ndarray:
     """Blue and green marker ink (bool)."""
     r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
     green = (g - r > 20) & (g - b > -30)
-    blue = (b - r > 50) & (g >= r)
+    # marker blue is cyan-leaning (G clearly above R); haematoxylin is purple (G < R) or, as an
+    # IHC counterstain, blue-grey with G ~ R -- both must stay tissue
+    blue = (b - r > 60) & (g - r > 10)
     return green | blue
 
 
