@@ -351,9 +351,8 @@ def _open_input(src: Path, backend: str) -> Any:
 
 
 def _plan_slide(reader: Any, segmenter: Segmenter, config: RunConfig) -> Plan:
-    import numpy as np
 
-    from tilesegcli.foreground import foreground_mask, load_roi, select_tiles
+    from tilesegcli.foreground import foreground_mask, load_roi
     from tilesegcli.resolution import choose_level, effective_mpp, work_size
     from tilesegcli.tiling import make_grid
 
@@ -381,12 +380,34 @@ def _plan_slide(reader: Any, segmenter: Segmenter, config: RunConfig) -> Plan:
     else:
         fg = foreground_mask(reader, mode="none" if config.no_mask else "auto", roi=roi)
         source = fg.source
-    selected = np.zeros((grid.rows, grid.cols), dtype=bool)
-    for t in select_tiles(fg, grid):
-        selected[t.row, t.col] = True
+    selected = _select(fg, grid)
     meta = {k: v for k, v in asdict_info(info).items() if k != "properties"}
     meta["mpp_effective"] = mpp0
     return Plan(grid=grid, selected=selected, mpp0=mpp0, mask_source=source, slide_meta=meta)
+
+
+def _select(fg: Any, grid: Any) -> Any:
+    """(rows, cols) bool of tiles whose read window touches foreground. Vectorised over the
+    grid (no TileSpec per tile), so a 100k x 100k slide's 200k-tile grid costs a few MB."""
+    import numpy as np
+
+    from tilesegcli.foreground import foreground_boxes
+
+    if fg is None:
+        return np.ones((grid.rows, grid.cols), dtype=bool)
+    ds, t, s = grid.downsample, grid.tile_px, grid.stride_px
+    ys, xs = np.meshgrid(np.arange(grid.rows) * s, np.arange(grid.cols) * s, indexing="ij")
+    n = grid.rows * grid.cols
+    boxes = np.stack([xs.ravel() * ds, ys.ravel() * ds, np.full(n, t * ds), np.full(n, t * ds)], 1)
+    keep = foreground_boxes(fg.mask, fg.downsample, boxes)
+    if fg.roi is not None and keep.any():
+        import shapely
+
+        idx = np.flatnonzero(keep)
+        b = boxes[idx]
+        geoms = shapely.box(b[:, 0], b[:, 1], b[:, 0] + b[:, 2], b[:, 1] + b[:, 3])
+        keep[idx] = shapely.intersects(geoms, fg.roi)
+    return keep.reshape(grid.rows, grid.cols)
 
 
 def asdict_info(info: Any) -> dict[str, Any]:
