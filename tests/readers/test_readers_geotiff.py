@@ -109,3 +109,48 @@ def test_feet_units_converted_to_metres(tmp_path: Path) -> None:
     with open_reader(p) as r:
         assert r.info.crs == "EPSG:2263" and r.info.mpp == pytest.approx(0.6096)
         assert r.info.geotransform[1] == 2.0  # transform stays in CRS units
+
+
+def _raw_geotiff(path: Path, keys: list[tuple[int, int, int, int]], doubles: tuple[float, ...] = (),
+                 ascii_: str = "") -> Path:
+    import tifffile
+
+    flat = [1, 1, 0, len(keys)] + [v for k in keys for v in k]
+    tags = [(syn.TAG_MODEL_PIXEL_SCALE, "d", 3, (10.0, 10.0, 0.0), True),
+            (syn.TAG_MODEL_TIEPOINT, "d", 6, (0, 0, 0, 1000.0, 2000.0, 0), True),
+            (syn.TAG_GEO_KEY_DIRECTORY, "H", len(flat), tuple(flat), True)]
+    if doubles:
+        tags.append((34736, "d", len(doubles), doubles, True))
+    if ascii_:
+        tags.append((34737, "s", 0, ascii_, True))
+    tifffile.imwrite(path, _rgb(20, 30), photometric="rgb", metadata=None, extratags=tags)
+    return path
+
+
+def test_pixel_is_point_shifts_half_a_pixel(tmp_path: Path) -> None:
+    p = _raw_geotiff(tmp_path / "pt.tif", [(1024, 0, 1, 1), (1025, 0, 1, 2), (3072, 0, 1, 32618)])
+    with open_reader(p) as r:
+        assert r.info.geotransform == (995.0, 10.0, 0.0, 2005.0, 0.0, -10.0)
+        assert r.info.crs == "EPSG:32618"
+
+
+def test_user_defined_utm_and_albers_become_proj_strings(tmp_path: Path) -> None:
+    utm = _raw_geotiff(tmp_path / "utm.tif", [
+        (1024, 0, 1, 1), (1025, 0, 1, 1), (1026, 34737, 9, 0), (2048, 0, 1, 32767),
+        (2056, 0, 1, 7030), (3072, 0, 1, 32767), (3074, 0, 1, 16133), (3076, 0, 1, 9001)],
+        ascii_="UTM 33S|")
+    with open_reader(utm) as r:
+        assert r.info.crs == "+proj=utm +zone=33 +south +ellps=WGS84 +units=m +no_defs"
+        assert r.info.mpp == 10.0 and r.info.mpp_unit == "m"
+        assert r.info.properties["geokey.1026"] == "UTM 33S"
+    aea = _raw_geotiff(tmp_path / "aea.tif", [
+        (1024, 0, 1, 1), (2048, 0, 1, 4326), (3072, 0, 1, 32767), (3075, 0, 1, 11),
+        (3078, 34736, 1, 0), (3079, 34736, 1, 1), (3080, 34736, 1, 2), (3081, 34736, 1, 3)],
+        doubles=(29.5, 45.5, -96.0, 23.0))
+    with open_reader(aea) as r:
+        assert r.info.crs is not None and r.info.crs.startswith(
+            "+proj=aea +lat_1=29.5 +lat_2=45.5 +lat_0=23.0 +lon_0=-96.0")
+    odd = _raw_geotiff(tmp_path / "odd.tif", [(1024, 0, 1, 1), (3072, 0, 1, 32767),
+                                               (3075, 0, 1, 7)])  # Mercator: not mapped
+    with open_reader(odd) as r:
+        assert r.info.crs is None and r.info.geotransform is not None
