@@ -269,6 +269,8 @@ def predict(
     unknown = set(options) - known
     if unknown:
         raise UsageError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    if segmenter is not None:  # provenance names the model that actually ran
+        model = str(getattr(segmenter, "name", model))
     config = RunConfig(model=model, output=Path(output) if output is not None else None,
                        outdir=Path(outdir) if outdir is not None else None, **options)
     validate_batch(paths, config)
