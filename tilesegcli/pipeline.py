@@ -230,7 +230,7 @@ def merge_store(
             "labels": str(labels) if labels else None}}
     _check_writable(out, labels)
     counts = _stitch_and_write(store, out, fmt=fmt, labels=labels, min_area=min_area,
-                                     simplify=simplify)
+                               simplify=simplify)
     if str(out) != "-":
         params = config.params() if config is not None else store.meta.get("params", {})
         prov = provenance.build(
@@ -244,7 +244,13 @@ def merge_store(
             counts=counts,
             command_line=config.command_line if config is not None else None,
         )
-        provenance.write_json(provenance.provenance_path(out), prov)
+        try:
+            provenance.write_json(provenance.provenance_path(out), prov)
+        except BaseException:
+            # an output without its provenance would look complete but could not be
+            # validated; remove it so a rerun simply merges again
+            out.unlink(missing_ok=True)
+            raise
     return counts
 
 
