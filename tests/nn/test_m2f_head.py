@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tilesegcli.nn.aff_m2f import HEAD_PRESETS, AFFMask2FormerHead
@@ -73,10 +74,9 @@ def test_coco_head_has_fixed_shepard_power_and_no_key() -> None:
     assert "pixel_decoder.layer_1.0.weight_net.1.weight" in keys
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_full_model_checkpoint_roundtrip_and_errors(tmp_path) -> None:
     import pickle
-
-    import pytest
 
     from tilesegcli.errors import WeightsError
     from tilesegcli.nn.aff_m2f import build_aff_m2f_preset, load_official_checkpoint
@@ -123,3 +123,18 @@ def test_without_aux_gives_same_final_outputs() -> None:
     assert lean["aux_outputs"] == []
     torch.testing.assert_close(lean["pred_logits"], full["pred_logits"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lean["pred_masks"], full["pred_masks"], atol=1e-5, rtol=1e-5)
+
+
+def test_batch_independent_and_size_divisibility() -> None:
+    from tilesegcli.nn.aff_m2f import build_aff_m2f_preset
+
+    torch.manual_seed(3)
+    model = build_aff_m2f_preset("aff_fixture", "fixture", batch_independent=True,
+                                 size_divisibility=32).eval()
+    x = torch.randn(2, 3, 60, 90)
+    with torch.no_grad():
+        both = model(x, with_aux=False)
+        alone = model(x[1:], with_aux=False)
+    assert both["pred_masks"].shape == (2, 12, 16, 24)  # padded to 64 x 96
+    torch.testing.assert_close(both["pred_masks"][1:], alone["pred_masks"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both["pred_logits"][1:], alone["pred_logits"], atol=1e-5, rtol=1e-5)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tilesegcli.errors import WeightsError
@@ -108,15 +109,30 @@ class AFFMask2Former(nn.Module):
     aux_outputs [{pred_logits, pred_masks}] * (dec_layers - 1) (empty if with_aux=False, which
     skips the intermediate dense masks; use it for inference)."""
 
-    def __init__(self, backbone: nn.Module, sem_seg_head: AFFMask2FormerHead) -> None:
+    def __init__(self, backbone: nn.Module, sem_seg_head: AFFMask2FormerHead, *,
+                 size_divisibility: int = 0, batch_independent: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.sem_seg_head = sem_seg_head
+        # official inference pads to a multiple of 32 (detectron2 SIZE_DIVISIBILITY); 0 = off
+        self.size_divisibility = size_divisibility
+        self.set_batch_independent(batch_independent)
         self.num_classes = sem_seg_head.num_classes
         self.pixel_mean = PIXEL_MEAN
         self.pixel_std = PIXEL_STD
 
+    def set_batch_independent(self, on: bool = True) -> None:
+        """Official code scales the point sine embeddings by the max coordinate over the whole
+        batch, so an image's output depends on its batch mates; ``on`` scales per image instead
+        (identical to official for batch size 1)."""
+        self.sem_seg_head.pixel_decoder.pe_per_image = on
+        self.sem_seg_head.predictor.pe_per_image = on
+
     def forward(self, images: torch.Tensor, with_aux: bool = True) -> dict:
+        d = self.size_divisibility
+        if d > 1:
+            h, w = images.shape[-2:]
+            images = F.pad(images, (0, (-w) % d, 0, (-h) % d))
         return self.sem_seg_head(self.backbone(images), with_aux=with_aux)
 
     def normalize(self, rgb_uint8: torch.Tensor) -> torch.Tensor:
@@ -153,6 +169,8 @@ def build_aff_m2f(
     shepard_power: float = 6.0,
     shepard_power_learnable: bool = True,
     alpha: float | None = None,
+    size_divisibility: int = 0,
+    batch_independent: bool = False,
     backbone_kwargs: dict[str, Any] | None = None,
 ) -> AFFMask2Former:
     """Build backbone (``tilesegcli.nn.aff.build_aff(name, variant="seg", ...)``) + head.
@@ -160,6 +178,9 @@ def build_aff_m2f(
     ``backbone`` may also be an already built module returning ``BackboneOutput``.
     ``alpha`` (downsampling importance weight: 4 for ADE20K/COCO, 8 for Cityscapes) and any
     ``backbone_kwargs`` are passed to the backbone builder. Defaults = official head config.
+    ``size_divisibility=32`` zero-pads inputs like official detectron2 inference (then masks
+    cover the padded size; ``postprocess`` crops). ``batch_independent``: see
+    ``AFFMask2Former.set_batch_independent``.
     """
     if isinstance(backbone, str):
         from tilesegcli.nn.aff import build_aff
@@ -177,7 +198,8 @@ def build_aff_m2f(
         dim_feedforward=dim_feedforward, enc_layers=enc_layers, dec_layers=dec_layers,
         shepard_power=shepard_power, shepard_power_learnable=shepard_power_learnable,
     )
-    return AFFMask2Former(bb, head)
+    return AFFMask2Former(bb, head, size_divisibility=size_divisibility,
+                          batch_independent=batch_independent)
 
 
 def build_aff_m2f_preset(backbone: str | nn.Module, preset: str, **overrides: Any) -> AFFMask2Former:

@@ -112,6 +112,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         if dec_layers < 1:
             raise ValueError("dec_layers must be >= 1")
         self.hidden_dim = hidden_dim
+        self.pe_per_image = False  # True: position-embedding scale per image, not per batch
         self.num_heads = nheads
         self.num_layers = dec_layers - 1
         self.num_classes = num_classes
@@ -157,7 +158,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         only at the res2 tokens the attention masks need; final outputs are unchanged."""
         srcs, pes = [], []
         for i in range(self.num_feature_levels):
-            pes.append(sine_embed(poss[i], self.hidden_dim // 2).permute(1, 0, 2))
+            pe = sine_embed(poss[i], self.hidden_dim // 2, per_image=self.pe_per_image)
+            pes.append(pe.permute(1, 0, 2))
             src = self.input_proj[i](feats[i]) + self.level_embed.weight[i][None, None, :]
             srcs.append(src.permute(1, 0, 2))
         b = srcs[0].shape[1]

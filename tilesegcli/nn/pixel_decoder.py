@@ -251,6 +251,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         super().__init__()
         self.enc_levels = ["res5", "res4", "res3"]
         self.conv_dim = conv_dim
+        self.pe_per_image = False  # True: position-embedding scale per image, not per batch
         self.input_proj = nn.ModuleList([_proj(in_channels[k], conv_dim) for k in self.enc_levels])
         for p in self.input_proj:
             nn.init.xavier_uniform_(p[0].weight, gain=1)
@@ -275,7 +276,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
             x, pos = lv[name].feat.float(), lv[name].pos.float()
             srcs.append(self.input_proj[i](x))
             poss.append(pos)
-            pes.append(sine_embed(pos, self.conv_dim // 2) + self.transformer.level_embed[i].view(1, 1, -1))
+            pe = sine_embed(pos, self.conv_dim // 2, per_image=self.pe_per_image)
+            pes.append(pe + self.transformer.level_embed[i].view(1, 1, -1))
         table = SamplingTable.build(poss, canvas)
         out = srcs
         for layer in self.transformer.encoder.layers:

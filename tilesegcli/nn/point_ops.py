@@ -182,17 +182,25 @@ def shepard_upsample(
     return weighted_gather(feat, idx, w)
 
 
-def sine_embed(pos: torch.Tensor, num_feats: int, temperature: float = 10000.0) -> torch.Tensor:
+def sine_embed(
+    pos: torch.Tensor, num_feats: int, temperature: float = 10000.0, per_image: bool = False
+) -> torch.Tensor:
     """Point sine embedding (official PositionEmbeddingSine, normalize=True): (B, n, 2) -> (B, n, 2F).
 
     x and y are divided by (their max over the WHOLE batch tensor + 1e-6) and scaled by 2 pi;
     output is [sin(x/d_even), cos(x/d_odd), sin(y/d_even), cos(y/d_odd)].
+    per_image=True normalises by each image's own max instead (batch-independent results; equal
+    to the official behaviour for batch size 1).
     """
     scale = 2 * math.pi
     y = pos[:, :, 1]
     x = pos[:, :, 0]
-    y = y / (y.max() + 1e-6) * scale
-    x = x / (x.max() + 1e-6) * scale
+    if per_image:
+        y = y / (y.amax(1, keepdim=True) + 1e-6) * scale
+        x = x / (x.amax(1, keepdim=True) + 1e-6) * scale
+    else:
+        y = y / (y.max() + 1e-6) * scale
+        x = x / (x.max() + 1e-6) * scale
     dim_t = torch.arange(num_feats, dtype=torch.float32, device=pos.device)
     dim_t = temperature ** (2 * dim_t.div(2, rounding_mode="floor") / num_feats)
     px = x[:, :, None] / dim_t
