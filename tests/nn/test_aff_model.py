@@ -177,3 +177,16 @@ def test_checkpoint_loading_rules(tmp_path) -> None:
         load_official_backbone(seg, tmp_path / "seg.pth", "cls")
     with pytest.raises(WeightsError):
         load_official_backbone(seg, tmp_path / "missing.pth")
+
+
+def test_autocast_bf16_runs() -> None:
+    """AMP-safe code path: under autocast the backbone runs and gives finite features."""
+    torch.manual_seed(6)
+    model = build_aff("aff_fixture", variant="seg").eval()
+    x = torch.randn(1, 3, 96, 128)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert [lvl.feat.shape[1] for lvl in out.levels.values()] == [768, 192, 48, 12]
+    for lvl in out.levels.values():
+        assert torch.isfinite(lvl.feat.float()).all()
+        assert lvl.pos.dtype == torch.float32 and torch.equal(lvl.pos, lvl.pos.round())

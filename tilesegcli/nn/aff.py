@@ -75,7 +75,8 @@ class PatchEmbed(nn.Module):
         ys, xs = torch.meshgrid(
             torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij"
         )
-        pos = torch.stack([xs, ys], dim=2).reshape(1, h * w, 2).expand(b, -1, -1).to(x.dtype)
+        # Positions stay float32 whatever the feature dtype (fp16/bf16 cannot hold large integers).
+        pos = torch.stack([xs, ys], dim=2).reshape(1, h * w, 2).expand(b, -1, -1).float()
         return pos, x, h, w
 
 

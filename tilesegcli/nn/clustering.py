@@ -153,6 +153,9 @@ def knn(
     """
     if k > database.shape[1]:
         raise ValueError(f"knn: k={k} > database size {database.shape[1]}")
+    if query.device.type == "mps":  # no float64 there: decide on the CPU, return to the device
+        i, d = knn(query.cpu(), database.cpu(), k, force=force)
+        return i.to(query.device), d
     with torch.no_grad():
         q32 = query.detach().float()
         d32 = database.detach().float()
