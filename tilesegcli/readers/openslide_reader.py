@@ -3,7 +3,9 @@
 Owns the translation from OpenSlide's world (read_region takes a *level-0* location and returns
 non-premultiplied RGBA) to the Reader protocol (level-local windows, RGB on white). Transparent
 pixels (outside the scanned area of sparse formats such as mrxs) are composited onto white.
-OpenSlide handles are thread-safe, so reads are not serialised. mpp comes from
+OpenSlide handles are thread-safe, so reads are not serialised. Reads of levels whose
+downsample is not an integer (e.g. 2.0005) are positioned by OpenSlide at level-0 coordinates and
+may be interpolated by a fraction (< 0.5) of a pixel; the tifffile backend reads levels exactly. mpp comes from
 ``openslide.mpp-x/y`` (ignored when it only comes from TIFF resolution tags implying >= 20 µm/px,
 i.e. a print DPI); ``openslide.bounds-*`` and every other property are kept in
 ``SlideInfo.properties`` (level-0 size is the full image, not the bounds).
