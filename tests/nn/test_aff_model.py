@@ -190,3 +190,15 @@ def test_autocast_bf16_runs() -> None:
     for lvl in out.levels.values():
         assert torch.isfinite(lvl.feat.float()).all()
         assert lvl.pos.dtype == torch.float32 and torch.equal(lvl.pos, lvl.pos.round())
+
+
+@pytest.mark.parametrize("hw", [(2, 3), (8, 8), (13, 17), (4, 200)])
+def test_tiny_and_thin_inputs(hw: tuple[int, int]) -> None:
+    """Inputs where stages become global or hold one token still run (the official code cannot)."""
+    torch.manual_seed(7)
+    model = build_aff("aff_fixture", variant="seg").eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, *hw))
+    assert out.canvas_hw == (-(-hw[0] // 4), -(-hw[1] // 4))
+    for lvl in out.levels.values():
+        assert lvl.feat.shape[1] >= 1 and torch.isfinite(lvl.feat).all()

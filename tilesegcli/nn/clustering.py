@@ -325,6 +325,8 @@ def grid_prior(pos: torch.Tensor, stride: int) -> torch.Tensor:
         p = pos.detach().long()
         if stride == 2:
             return ((p % 2) == 0).all(-1).float()
+        if pos.shape[1] < 2:  # a lone token has no neighbour: no adaptive grid
+            return torch.zeros(pos.shape[:2], device=pos.device)
         dist = torch.sqrt(_nearest_other_d2(pos, stride).float())
         ada = (2 ** (dist.log2().ceil() + 1)).long().clamp_min(1)
         return ((p % ada.unsqueeze(2)) == 0).all(-1).float()
