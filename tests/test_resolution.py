@@ -55,6 +55,10 @@ def test_missing_mpp_and_override() -> None:
     with pytest.raises(MissingResolutionError, match="--mpp") as ei:
         choose_level(info, 0.5)
     assert "s.svs" in str(ei.value)
+    from dataclasses import replace
+
+    with pytest.raises(MissingResolutionError, match="it says 20x, typically ~0.5 µm/px"):
+        choose_level(replace(info, properties={"openslide.objective-power": "20"}), 0.5)
     assert choose_level(info, 0.5, mpp_override=0.25) == (0, 2.0, 2.0)
     assert choose_level(_info(0.5), 0.5, mpp_override=0.25)[1] == 2.0  # override wins
     with pytest.raises(UsageError):

@@ -33,9 +33,16 @@ def effective_mpp(info: SlideInfo, mpp_override: float | None = None) -> float:
         return float(mpp_override)
     if info.mpp is None or not info.mpp > 0:
         unit = UNIT_NAMES.get(info.mpp_unit, info.mpp_unit)
+        hint = "e.g. --mpp 0.25 for a 40x slide"
+        try:  # a hint only: scanners differ, so we never turn this into a pixel size
+            mag = float(info.properties.get("openslide.objective-power", "nan"))
+        except ValueError:
+            mag = math.nan
+        if mag > 0:
+            hint = f"it says {mag:g}x, typically ~{10.0 / mag:.2g} µm/px"
         raise MissingResolutionError(
-            f"{info.path}: the file has no pixel size; pass --mpp (level-0 {unit}, e.g. "
-            f"--mpp 0.25 for a 40x slide) to say what it is")
+            f"{info.path}: the file has no pixel size; pass --mpp (level-0 {unit}; {hint}) "
+            f"to say what it is")
     return float(info.mpp)
 
 
