@@ -324,6 +324,8 @@ def write_slide_tiff(
     paint, w, h, extra, dtype = _as_painter(content, width, height)
     sizes = _level_sizes(w, h, 1 if kind == "flat" else n_levels, tile)
     channels = extra[0] if extra else 1
+    if compression == "jpeg" and (np.dtype(dtype) != np.uint8 or channels not in (1, 3)):
+        raise ValueError("JPEG needs uint8 gray/RGB content; use compression='zlib' or None")
     photometric = "rgb" if channels in (3, 4) else "minisblack"
     extrasamples = ("unassalpha",) if channels == 4 else None
     comp_args = {"level": quality} if compression == "jpeg" else None

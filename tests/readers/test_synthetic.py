@@ -39,6 +39,8 @@ def test_disc_scene_grid_scales_to_millions() -> None:
     np.testing.assert_allclose(full, np.pi * s.r[ids[np.array(inside)] - 1] ** 2, rtol=0.15)
     with pytest.raises(ValueError):
         syn.disc_scene(10, 10, layout="hex")
+    with pytest.raises(ValueError, match="JPEG"):
+        syn.write_slide_tiff("unused.tif", np.zeros((8, 8), np.uint16))
 
 
 def test_pattern_painter_levels_consistent(tmp_path: Path) -> None:
