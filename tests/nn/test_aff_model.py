@@ -28,20 +28,20 @@ def _grid(h: int, w: int) -> torch.Tensor:
     return torch.stack([xs, ys], 2).reshape(1, -1, 2).float()
 
 
-@pytest.mark.parametrize("n,clamp", [(203, None), (256, 3)])
-def test_plan_attention_equals_per_token_gather(n: int, clamp: int | None) -> None:
+@pytest.mark.parametrize("n,clamp,m", [(203, None, 8), (256, 3, 8), (250, None, 24)])
+def test_plan_attention_equals_per_token_gather(n: int, clamp: int | None, m: int) -> None:
     """The cluster-blocked kernel equals the plain gather formula (values and gradients)."""
     g = torch.Generator().manual_seed(n)
     pos = _grid(16, 16)[:, torch.randperm(256, generator=g)[:n]].expand(2, -1, -1).contiguous()
-    order, mean, mask = space_filling_cluster(pos, 8, 16, 16)
+    order, mean, mask = space_filling_cluster(pos, m, 16, 16)
     pos = pos.gather(1, order.unsqueeze(2).expand(-1, -1, 2))
-    member, nb_mask, nearest = cluster_neighbourhood(pos, mean, mask, 8, 4)
+    member, nb_mask, nearest = cluster_neighbourhood(pos, mean, mask, m, 4)
     c, h = 12, 3
     q = torch.randn(2, n, c, generator=g, requires_grad=True)
     kv = torch.randn(2, n, 2 * c, generator=g, requires_grad=True)
     pe = torch.nn.Linear(5, h)
     bk, bv = torch.randn(c, generator=g), torch.randn(c, generator=g)
-    fast = plan_attention(q, kv, plan_clusters(pos, nearest, 8, clamp), pe, bk, bv, h)
+    fast = plan_attention(q, kv, plan_clusters(pos, nearest, m, clamp), pe, bk, bv, h)
     ref = neighbourhood_attention(q, kv, pos, member, nb_mask, pe, bk, bv, h, clamp)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
     w = torch.randn_like(ref)
