@@ -47,9 +47,10 @@ def _tiff_prefers_tifffile(p: Path) -> bool:
     import tifffile
 
     from tilesegcli.readers.geotiff import GEO_TAGS
+    from tilesegcli.readers.tiff_reader import _quiet_tifffile
 
     try:
-        with tifffile.TiffFile(p) as tf:
+        with _quiet_tifffile(), tifffile.TiffFile(p) as tf:
             page = tf.pages.first
             if tf.is_ome or any(code in page.tags for code in GEO_TAGS):
                 return True
