@@ -40,7 +40,7 @@ def _quiet_tifffile() -> Iterator[None]:
     """tifffile logs a warning per damaged IFD; we report one error line instead."""
     logger = logging.getLogger("tifffile")
     old = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
