@@ -61,7 +61,7 @@ def train(config_path: Path | None, options: tuple[str, ...], resume: Path | Non
 
             metrics = json.loads(metrics_json.read_text()) if metrics_json else None
             p = export(ckpt, export_card, name=name or export_card.stem, description=description,
-                       licence=licence, metrics=metrics)
+                       licence=licence, metrics=metrics, overrides=overrides)
             click.echo(f"wrote {p} and {p.with_suffix('.safetensors')}")
         return
     from tilesegcli.train.loop import train as run

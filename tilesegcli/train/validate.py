@@ -143,8 +143,9 @@ def validate(net: TrainNet, data: list[Loaded], cfg: TrainConfig, device: Any = 
 
 def export(checkpoint: str | Path, card_path: str | Path, *, name: str, description: str,
            licence: str, metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-           half: bool = True) -> Path:
-    """Checkpoint -> ``card_path`` (JSON) + weights (safetensors, fp16 if ``half``) beside it."""
+           half: bool = True, overrides: dict[str, Any] | None = None) -> Path:
+    """Checkpoint -> ``card_path`` (JSON) + weights (safetensors, fp16 if ``half``) beside it.
+    ``overrides`` change inference fields of the saved configuration (e.g. score_threshold)."""
     from tilesegcli.train.config import TrainConfig
     from tilesegcli.train.loop import load_checkpoint
     from tilesegcli.train.net import card_dict
@@ -152,7 +153,7 @@ def export(checkpoint: str | Path, card_path: str | Path, *, name: str, descript
     from tilesegcli.zoo import write_card
 
     state = load_checkpoint(checkpoint)
-    cfg = TrainConfig.from_dict(state["config"])
+    cfg = TrainConfig.from_dict(state["config"]).with_updates(**(overrides or {}))
     sd = {k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")}
     card_path = Path(card_path)
     wfile = card_path.with_suffix(".safetensors")
