@@ -137,7 +137,7 @@ class TiffReader(BaseReader):
         tf = self._tf
         series = [s for s in tf.series if not (s.keyframe.subfiletype & 4)]
         if not series:
-            raise SlideOpenError(f"{self.path}: TIFF has no image series")
+            raise SlideOpenError(f"{self.path}: not a readable TIFF (no image; damaged or truncated?)")
         s = series[0]
         page = s.keyframe
         self._levels = _LevelArrays(s, self.path, tf.series.index(s))
