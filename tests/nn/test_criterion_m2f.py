@@ -71,6 +71,7 @@ class _Tiny(nn.Module):
 
 
 def test_loss_falls_on_tiny_problem() -> None:
+    torch.set_num_threads(1)  # tiny tensors: threads only add overhead (conftest resets it)
     torch.manual_seed(0)
     k = 2
     # image = colour-coded masks of two objects; the model must segment and classify them
