@@ -90,3 +90,32 @@ def test_info_cli_text_json_and_errors(tmp_path: Path) -> None:
     assert bad.stderr.strip().count("\n") == 0 and "missing.svs" in bad.stderr
     assert "Traceback" not in bad.stderr
     assert _tileseg("info", str(p), "--backend", "gdal").returncode == 2
+
+
+@pytest.mark.parametrize("case", ["tiff_magic_noise", "bigtiff_magic_noise", "png_half",
+                                  "jpeg_half", "geotiff_half", "dicom_stub"])
+def test_damaged_files_give_one_line_errors(tmp_path: Path, case: str) -> None:
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    img = syn.tissue_like(300, 200, seed=1)
+    if case == "tiff_magic_noise":
+        data = b"II*\x00" + noise
+    elif case == "bigtiff_magic_noise":
+        data = b"II+\x00" + noise
+    elif case == "dicom_stub":
+        data = b"\x00" * 128 + b"DICM" + b"\x00" * 64
+    else:
+        ext = {"png_half": "png", "jpeg_half": "jpg", "geotiff_half": "tif"}[case]
+        src = tmp_path / f"src.{ext}"
+        if ext == "tif":
+            syn.write_geotiff(src, img, tile=64)
+        else:
+            syn.write_plain_image(src, img)
+        full = src.read_bytes()
+        data = full[: len(full) // 2]
+    p = tmp_path / f"{case}.img"
+    p.write_bytes(data)
+    with pytest.raises((SlideOpenError, SlideReadError)) as ei:
+        with open_reader(p) as r:
+            r.read_region(0, 0, 0, r.info.width, r.info.height)
+    _one_line(ei.value, p)
