@@ -138,3 +138,13 @@ def test_batch_independent_and_size_divisibility() -> None:
     assert both["pred_masks"].shape == (2, 12, 16, 24)  # padded to 64 x 96
     torch.testing.assert_close(both["pred_masks"][1:], alone["pred_masks"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(both["pred_logits"][1:], alone["pred_logits"], atol=1e-5, rtol=1e-5)
+
+
+def test_tiny_input_runs() -> None:
+    from tilesegcli.nn.aff_m2f import build_aff_m2f_preset
+
+    torch.manual_seed(4)
+    model = build_aff_m2f_preset("aff_fixture", "fixture").eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 32, 32))
+    assert out["pred_masks"].shape == (1, 12, 8, 8) and torch.isfinite(out["pred_masks"]).all()

@@ -46,7 +46,9 @@ class SamplingTable:
         grid = grid_positions(b, canvas_hw, poss[0].device)
         toks, nbp, start = [], [], 0
         for p in poss:
-            nb = knn(grid, p, 4)
+            nb = knn(grid, p, min(4, p.shape[1]))
+            if nb.shape[-1] < 4:  # tiny inputs: fewer than 4 tokens; repeat the farthest
+                nb = torch.cat([nb, nb[..., -1:].expand(-1, -1, 4 - nb.shape[-1])], dim=-1)
             toks.append(nb + start)
             nbp.append(gather_rows(p, nb).flatten(-2))
             start += p.shape[1]
