@@ -9,6 +9,13 @@ prefixes, ignoring only named non-model keys).
 
 The backbone comes from ``tilesegcli.nn.aff`` (engineer A): any module whose forward maps
 (B, 3, H, W) normalised images to a ``BackboneOutput`` works.
+
+    >>> model = build_aff_m2f_preset("aff_mini", "coco_instance")   # or build_aff_m2f(...)
+    >>> load_official_checkpoint(model, "coco_ins/aff_mini.pth").eval()
+    >>> x = model.normalize(rgb_uint8_bchw)                           # detectron2 mean/std
+    >>> out = model(x, with_aux=False)                                # inference: no aux masks
+    >>> res = postprocess_batch(out, x.shape[-2:], task="instance")   # nn/postprocess.py
+    >>> loss = SetCriterion(80)(model(x), targets)["loss"]            # training (nn/criterion.py)
 """
 
 from __future__ import annotations
