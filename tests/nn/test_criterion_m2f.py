@@ -95,3 +95,12 @@ def test_loss_falls_on_tiny_problem() -> None:
         history.append(losses["loss"].item())
     assert {"loss_ce", "loss_mask", "loss_dice", "loss_ce_0", "loss_dice_0"} <= set(losses)
     assert history[-1] < 0.5 * history[0], history
+
+
+def test_targets_of_different_sizes_are_padded() -> None:
+    crit = SetCriterion(2, num_points=30)
+    outputs = {"pred_logits": torch.randn(2, 3, 3), "pred_masks": torch.randn(2, 3, 8, 8)}
+    t = [{"labels": torch.tensor([0]), "masks": torch.ones(1, 32, 32, dtype=torch.bool)},
+         {"labels": torch.tensor([1]), "masks": torch.ones(1, 30, 28, dtype=torch.bool)}]
+    losses = crit(outputs, t, torch.Generator().manual_seed(0))
+    assert torch.isfinite(losses["loss"])

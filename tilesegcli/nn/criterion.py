@@ -77,6 +77,11 @@ def pairwise_bce_cost(inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return (pos @ targets.T + neg @ (1 - targets).T) / p_count
 
 
+def _pad_to(masks: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Zero-pad (N, h', w') masks at the bottom/right to (N, h, w), like detectron2 batching."""
+    return F.pad(masks, (0, w - masks.shape[-1], 0, h - masks.shape[-2]))
+
+
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of queries to targets minimising the weighted matching cost."""
 
@@ -183,6 +188,10 @@ class SetCriterion(nn.Module):
     def forward(self, outputs: dict, targets: list[dict],
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         num_masks = max(float(sum(len(t["labels"]) for t in targets)), 1.0)
+        # masks must share one frame (the padded batch image): pad smaller ones bottom/right
+        hmax = max(int(t["masks"].shape[-2]) for t in targets)
+        wmax = max(int(t["masks"].shape[-1]) for t in targets)
+        targets = [{**t, "masks": _pad_to(t["masks"], hmax, wmax)} for t in targets]
         losses = self._losses(outputs, targets, num_masks, generator)
         if self.deep_supervision:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
