@@ -94,37 +94,44 @@ class AttentionPlan:
     n: int
 
 
-def _rel_rows(pos: torch.Tensor, key_idx: torch.Tensor, qpos: torch.Tensor, clamp: int | None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Table row of every (query block member, key) pair and the table covering those offsets."""
+def _rel_rows(pos: torch.Tensor, key_idx: torch.Tensor, qpos: torch.Tensor, clamp: int | None,
+              kinds: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bias-table rows of every (query, key) pair plus the blank column, and the feature table.
+
+    Row of a pair = (dy + r)(2r + 1) + (dx + r) for the offset d = p_key - p_query (clamped to
+    [-r, r]; r covers every pair unless the SEG clamp cuts it). `kinds` = (own (B,k,m,U,1), pad
+    (B,k,1,U,m)) marks a token's own clusters and padding slots; see AttentionPlan for the encoding.
+    """
     b, k, L = key_idx.shape
     m = qpos.shape[2]
-    kp = _flat_gather(pos, key_idx)  # (b, k, L, 2)
+    kp = _flat_gather(pos, key_idx).float()  # (b, k, L, 2), exact integers
+    qp = qpos.float()
     # Largest offset within any block, from per-block bounding boxes (cheap, slightly generous).
-    span = torch.maximum(kp.amax(2) - qpos.amin(2), qpos.amax(2) - kp.amin(2))
+    span = torch.maximum(kp.amax(2) - qp.amin(2), qp.amax(2) - kp.amin(2))
     radius = int(span.max()) if span.numel() else 0
+    needs_clamp = clamp is not None and radius > clamp
     if clamp is not None:
         radius = min(radius, clamp)
     width = 2 * radius + 1
-    rows = torch.empty(b, k, m, L, dtype=torch.int32, device=pos.device)
-    step = max(1, CHUNK_ELEMENTS // max(b * m * L * 2, 1))
-    for s in range(0, k, step):
-        rel = (kp[:, s : s + step, None] - qpos[:, s : s + step, :, None]).long()
-        rel = rel.clamp(-radius, radius) + radius
-        rows[:, s : s + step] = rel[..., 1] * width + rel[..., 0]
+    t = width * width
+    rows = torch.empty(b, k, m, L + 1, dtype=torch.int32, device=pos.device)
+    rows[..., L] = 2 * t  # blank key: zero bias
+    body = rows[..., :L]
+    if not needs_clamp:  # the row is linear in the positions: code(key) - code(query) + const
+        kcode = (kp[..., 1] * width + kp[..., 0]).to(torch.int32)  # (b, k, L)
+        qcode = (qp[..., 1] * width + qp[..., 0]).to(torch.int32) - (radius * width + radius)
+        body.copy_(kcode.unsqueeze(2) - qcode.unsqueeze(3))
+    else:
+        step = max(1, CHUNK_ELEMENTS // max(b * m * L * 2, 1))
+        for s in range(0, k, step):
+            rel = (kp[:, s : s + step, None] - qp[:, s : s + step, :, None]).clamp(-radius, radius)
+            body[:, s : s + step] = (rel[..., 1] + radius) * width + (rel[..., 0] + radius)
+    if kinds is not None:
+        own, pad = kinds
+        body5 = body.unflatten(-1, (own.shape[3], pad.shape[4]))
+        body5.add_(pad.to(torch.int32) * t)  # padding slots -> the "-100" half of the table
+        body5.masked_fill_(~own, 2 * t + 1)  # not in the token's neighbourhood -> -inf
     return rows, rel_table(radius).to(pos.device)
-
-
-def _finish_plan(key_idx: torch.Tensor, rows: torch.Tensor, kind: torch.Tensor | None,
-                 table: torch.Tensor, m: int, n: int) -> AttentionPlan:
-    """Encode pair kinds (0 own, 1 own padding, 2 outside) into bias rows; append the blank key."""
-    b, k, _ = key_idx.shape
-    t = table.shape[0]
-    if kind is not None:
-        rows = torch.where(kind == 0, rows, torch.where(kind == 1, rows + t, 2 * t + 1))
-    rows = torch.cat([rows, rows.new_full((b, k, m, 1), 2 * t)], dim=3).to(torch.int32)
-    key_idx = torch.cat([key_idx, key_idx.new_full((b, k, 1), n)], dim=2)
-    return AttentionPlan(key_idx, rows, table, m, n)
 
 
 def plan_clusters(pos: torch.Tensor, nearest: torch.Tensor, m: int, clamp: int | None) -> AttentionPlan:
@@ -146,11 +153,11 @@ def plan_clusters(pos: torch.Tensor, nearest: torch.Tensor, m: int, clamp: int |
         own = own.reshape(b, k, m, umax, 1)
         slot = union.unsqueeze(3) * m + torch.arange(m, device=pos.device)  # (b, k, U, m)
         pad = (slot >= n).unsqueeze(2)
-        kind = torch.where(own, pad.to(torch.uint8), 2).reshape(b, k, m, umax * m)
         key_idx = torch.where(slot < n, slot, 0).reshape(b, k, umax * m)
         qpos = torch.cat([pos, pos[:, :1].expand(-1, k * m - n, -1)], 1).reshape(b, k, m, 2)
-        rows, table = _rel_rows(pos, key_idx, qpos, clamp)
-        return _finish_plan(key_idx, rows, kind, table, m, n)
+        rows, table = _rel_rows(pos, key_idx, qpos, clamp, (own, pad))
+        key_idx = torch.cat([key_idx, key_idx.new_full((b, k, 1), n)], dim=2)
+        return AttentionPlan(key_idx, rows, table, m, n)
 
 
 def plan_global(pos: torch.Tensor, clamp: int | None) -> AttentionPlan:
@@ -158,8 +165,9 @@ def plan_global(pos: torch.Tensor, clamp: int | None) -> AttentionPlan:
     with torch.no_grad():
         b, n, _ = pos.shape
         key_idx = torch.arange(n, device=pos.device).view(1, 1, n).expand(b, 1, n).contiguous()
-        rows, table = _rel_rows(pos, key_idx, pos.reshape(b, 1, n, 2), clamp)
-        return _finish_plan(key_idx, rows, None, table, n, n)
+        rows, table = _rel_rows(pos, key_idx, pos.reshape(b, 1, n, 2), clamp, None)
+        key_idx = torch.cat([key_idx, key_idx.new_full((b, 1, 1), n)], dim=2)
+        return AttentionPlan(key_idx, rows, table, n, n)
 
 
 def plan_attention(
