@@ -35,7 +35,7 @@ from tilesegcli.nn.aff_ops import (
     plan_clusters,
     plan_global,
 )
-from tilesegcli.nn.clustering import choose_centres, cluster_neighbourhood, space_filling_cluster
+from tilesegcli.nn.clustering import choose_centres, nearest_clusters, space_filling_cluster
 from tilesegcli.nn.types import BackboneOutput, PointLevel
 
 SEG_REL_POS_WIDTH = 2048 // 4 - 1  # 511: the SEG table's half-width; offsets are clamped to it
@@ -43,13 +43,25 @@ SEG_REL_POS_WIDTH = 2048 // 4 - 1  # 511: the SEG table's half-width; offsets ar
 
 @dataclass
 class Neighbourhood:
-    """Per-token neighbour indices (B, n, M), padding mask (1 real / 0 padding) or None, and the
-    cluster-blocked attention plan built from them (shared by every block of the stage)."""
+    """A stage's neighbourhoods: each token's nnc nearest clusters (B, n, nnc), or None for global
+    attention, and the cluster-blocked attention plan shared by every block of the stage."""
 
-    member_idx: torch.Tensor
-    mask: torch.Tensor | None
-    global_attn: bool
+    nearest: torch.Tensor | None
+    cluster_size: int
     plan: AttentionPlan
+
+    def members(self, idx: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Neighbour token indices (B, t, M) of tokens `idx` (B, t) and their padding mask (1 real,
+        0 padding; None if nothing is padded). Padding slots point at token 0, as the official."""
+        b, t = idx.shape
+        if self.nearest is None:
+            return torch.arange(n, device=idx.device).view(1, 1, n).expand(b, t, n), None
+        m = self.cluster_size
+        near = self.nearest.gather(1, idx.unsqueeze(2).expand(-1, -1, self.nearest.shape[2]))
+        slots = (near.unsqueeze(3) * m + torch.arange(m, device=idx.device)).reshape(b, t, -1)
+        if n % m == 0:
+            return slots, None
+        return torch.where(slots < n, slots, 0), (slots < n).float()
 
 
 class PatchEmbed(nn.Module):
@@ -164,8 +176,9 @@ class ClusterMerging(nn.Module):
         reserve_num = math.ceil(h / (2 * stride)) * math.ceil(w / (2 * stride))
         idx = choose_centres(pos, prob, stride=stride, keep=keep, alpha=self.alpha,
                              reserve_on=self.reserve_on, reserve_num=reserve_num)
-        merged = neighbourhood_merge(feat, pos, prob, idx, nbhd.member_idx, nbhd.mask,
-                                     self.weight_net, self.rel_pos_clamp)
+        member_idx, mask = nbhd.members(idx, n)
+        merged = neighbourhood_merge(feat, pos, prob, idx, member_idx, mask, self.weight_net,
+                                     self.rel_pos_clamp)
         new_pos = pos.gather(1, idx.unsqueeze(2).expand(-1, -1, 2))
         return new_pos, self.linear(self.norm(merged))
 
@@ -196,8 +209,7 @@ class BasicLayer(nn.Module):
         b, n, _ = pos.shape
         m = self.cluster_size
         if self.nbhd_size >= n:
-            idx = torch.arange(n, device=pos.device).view(1, 1, n).expand(b, n, n)
-            return pos, feat, Neighbourhood(idx, None, True, plan_global(pos, self.rel_pos_clamp))
+            return pos, feat, Neighbourhood(None, m, plan_global(pos, self.rel_pos_clamp))
         k = math.ceil(n / m)
         nnc = min(int(round(self.nbhd_size / m)), k)
         if k == n:  # one token per cluster: no reordering, clusters are the tokens
@@ -207,9 +219,9 @@ class BasicLayer(nn.Module):
             pos = pos.gather(1, order.unsqueeze(2).expand(-1, -1, 2))
             feat = feat.gather(1, order.unsqueeze(2).expand(-1, -1, feat.shape[2]))
             cm = m
-        member_idx, nb_mask, nearest = cluster_neighbourhood(pos, mean, mask, cm, nnc)
+        nearest = nearest_clusters(pos, mean, cm, nnc)
         plan = plan_clusters(pos, nearest, cm, self.rel_pos_clamp)
-        return pos, feat, Neighbourhood(member_idx, nb_mask, False, plan)
+        return pos, feat, Neighbourhood(nearest, cm, plan)
 
     def forward(self, pos: torch.Tensor, feat: torch.Tensor, h: int, w: int, stride: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

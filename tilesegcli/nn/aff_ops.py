@@ -278,7 +278,7 @@ def neighbourhood_merge(
     """Adaptive-downsampling merge at the chosen centres.
 
     feat (B, n, C), pos (B, n, 2), prob (B, n, 1) importance (NOT detached: gradients reach prob_net),
-    centre_idx (B, n') chosen tokens, member_idx/mask (B, n, M) neighbourhoods of every token.
+    centre_idx (B, n') chosen tokens, member_idx/mask (B, n', M) the centres' neighbourhoods.
     Returns (B, n', 4*C): for centre c, sum_j w_cj (outer) f_j flattened weight-channel-major.
     """
     b, n, c = feat.shape
@@ -289,13 +289,13 @@ def neighbourhood_merge(
     for s in range(0, n_out, step):
         e = min(n_out, s + step)
         cidx = centre_idx[:, s:e]
-        nb = member_idx.gather(1, cidx.unsqueeze(2).expand(-1, -1, m))  # (b, t, M)
+        nb = member_idx[:, s:e]  # (b, t, M)
         pos_c = pos.gather(1, cidx.unsqueeze(2).expand(-1, -1, 2))
         rel = rel_pos_features(pos_c[:, :, None, :], _flat_gather(pos, nb), clamp, feat.dtype)
         weights = weight_net(rel)  # (b, t, M, 4)
         lp = _flat_gather(prob, nb)  # (b, t, M, 1)
         if mask is not None:
-            lp = lp * mask.gather(1, cidx.unsqueeze(2).expand(-1, -1, m)).unsqueeze(3).to(lp.dtype)
+            lp = lp * mask[:, s:e].unsqueeze(3).to(lp.dtype)
         weights = weights * lp
         merged = torch.einsum("btmi,btmc->btic", weights, _flat_gather(feat, nb))
         outs.append(merged.reshape(b, e - s, -1))
