@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # Elements of gathered neighbour tensors materialised at once (about 64 MB in fp32).
-CHUNK_ELEMENTS = 1 << 24
+CHUNK_ELEMENTS = 1 << 23
 
 
 def rel_pos_features(
