@@ -202,3 +202,46 @@ def test_tiny_and_thin_inputs(hw: tuple[int, int]) -> None:
     assert out.canvas_hw == (-(-hw[0] // 4), -(-hw[1] // 4))
     for lvl in out.levels.values():
         assert lvl.feat.shape[1] >= 1 and torch.isfinite(lvl.feat).all()
+
+
+def test_fast_paths_equal_reference_paths(monkeypatch) -> None:
+    """At a size where every fast path is active (local knn, candidate clusters, cluster-blocked
+    attention), the backbone equals brute-force knn + per-token gather attention."""
+    import tilesegcli.nn.aff as aff
+    from tilesegcli.nn import clustering
+
+    torch.manual_seed(8)
+    model = build_aff("aff_fixture", variant="seg").eval()
+    x = torch.randn(1, 3, 320, 352)
+    with torch.no_grad():
+        fast = model(x)
+
+    def brute_nearest(pos, mean, m, nnc):
+        return clustering.knn(pos, mean, nnc, force="brute")[0]
+
+    def ref_plan(pos, nearest, m, clamp):
+        return ("local", pos, nearest, m, clamp)
+
+    def ref_global(pos, clamp):
+        return ("global", pos, None, None, clamp)
+
+    def ref_attention(q, kv, plan, pos_embed, blank_k, blank_v, heads, *args):
+        kind, pos, nearest, m, clamp = plan
+        b, n, _ = pos.shape
+        if kind == "global":
+            idx, mask = torch.arange(n).view(1, 1, n).expand(b, n, n), None
+        else:
+            slots = (nearest.unsqueeze(3) * m + torch.arange(m)).reshape(b, n, -1)
+            idx, mask = torch.where(slots < n, slots, 0), (slots < n).float()
+        return neighbourhood_attention(q, kv, pos, idx, mask, pos_embed, blank_k, blank_v, heads, clamp)
+
+    monkeypatch.setattr(aff, "nearest_clusters", brute_nearest)
+    monkeypatch.setattr(aff, "plan_clusters", ref_plan)
+    monkeypatch.setattr(aff, "plan_global", ref_global)
+    monkeypatch.setattr(aff, "plan_attention", ref_attention)
+    monkeypatch.setattr(clustering, "_nearest_other_d2", lambda p, r: clustering.knn(p, p, 2, force="brute")[1][..., 1])
+    with torch.no_grad():
+        ref = model(x)
+    for key, lvl in fast.levels.items():
+        assert torch.equal(lvl.pos, ref.levels[key].pos), key
+        torch.testing.assert_close(lvl.feat, ref.levels[key].feat, atol=1e-4, rtol=1e-4)

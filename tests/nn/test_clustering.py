@@ -151,3 +151,19 @@ def test_choose_centres_reserve_and_ties() -> None:
         choose_centres(pos, imp, stride=2, keep=4, alpha=4.0, reserve_on=True, reserve_num=2)
     idx = choose_centres(pos, imp, stride=2, keep=2, alpha=4.0, reserve_on=False, reserve_num=0)
     assert idx.tolist() == [[5, 15]]
+
+
+def test_nearest_other_and_nearest_clusters_equal_plain_knn() -> None:
+    from tilesegcli.nn.clustering import _nearest_other_d2, nearest_clusters
+
+    g = torch.Generator().manual_seed(11)
+    pos = torch.unique(torch.randint(0, 70, (1500, 2), generator=g), dim=0).float()[None]
+    pos = pos[:, torch.randperm(pos.shape[1], generator=g)]
+    assert torch.equal(_nearest_other_d2(pos, 4), knn(pos, pos, 2, force="brute")[1][..., 1])
+    # A sparse stage-like token set (reserve grid + random tokens) on a 96x96 canvas.
+    grid = _grid(96, 96)
+    keep = ((grid[0, :, 0] % 8 == 0) & (grid[0, :, 1] % 8 == 0)) | (torch.rand(9216, generator=g) < 0.3)
+    pos = grid[:, keep]
+    order, mean, _ = space_filling_cluster(pos, 8, 96, 96)
+    pos = pos.gather(1, order.unsqueeze(2).expand(-1, -1, 2))
+    assert torch.equal(nearest_clusters(pos, mean, 8, 6), knn(pos, mean, 6, force="brute")[0])
