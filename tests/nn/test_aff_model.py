@@ -245,3 +245,18 @@ def test_fast_paths_equal_reference_paths(monkeypatch) -> None:
     for key, lvl in fast.levels.items():
         assert torch.equal(lvl.pos, ref.levels[key].pos), key
         torch.testing.assert_close(lvl.feat, ref.levels[key].feat, atol=1e-4, rtol=1e-4)
+
+
+def test_batch_independent_mode_matches_single_images() -> None:
+    torch.manual_seed(9)
+    model = build_aff("aff_fixture", variant="seg").eval()
+    model.set_batch_independent(True)
+    x = torch.randn(3, 3, 96, 80)
+    x[1] *= 3.0  # different content -> different ratios / importance
+    with torch.no_grad():
+        batch = model(x)
+        for i in range(3):
+            single = model(x[i : i + 1])
+            for key, lvl in single.levels.items():
+                assert torch.equal(lvl.pos[0], batch.levels[key].pos[i])
+                torch.testing.assert_close(lvl.feat[0], batch.levels[key].feat[i], atol=1e-5, rtol=1e-5)

@@ -193,6 +193,7 @@ class BasicLayer(nn.Module):
         super().__init__()
         self.cluster_size, self.nbhd_size = cluster_size, nbhd_size
         self.rel_pos_clamp = rel_pos_clamp
+        self.batch_independent = False
         self.blocks = nn.ModuleList([
             ClusterTransformerBlock(dim, num_heads, mlp_ratio, drop, attn_drop, drop_path[i],
                                     layer_scale, rel_pos_clamp)
@@ -215,7 +216,7 @@ class BasicLayer(nn.Module):
         if k == n:  # one token per cluster: no reordering, clusters are the tokens
             mean, mask, cm = pos, None, 1
         else:
-            order, mean, mask = space_filling_cluster(pos, m, h, w)
+            order, mean, mask = space_filling_cluster(pos, m, h, w, self.batch_independent)
             pos = pos.gather(1, order.unsqueeze(2).expand(-1, -1, 2))
             feat = feat.gather(1, order.unsqueeze(2).expand(-1, -1, feat.shape[2]))
             cm = m
@@ -272,6 +273,13 @@ class AutoFocusFormer(nn.Module):
         else:
             for i in range(self.num_layers):
                 self.add_module(f"norm{i}", nn.LayerNorm(embed_dim[i]))
+
+    def set_batch_independent(self, on: bool = True) -> None:
+        """Official clustering keys use the largest ratio over the whole batch, so an image's
+        tokens can depend on its batch mates; `on` makes every image independent (identical to
+        official for a batch of one)."""
+        for layer in self.layers:
+            layer.batch_independent = on
 
     @property
     def out_channels(self) -> dict[str, int]:

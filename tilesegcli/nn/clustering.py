@@ -171,14 +171,16 @@ def knn(
 
 
 def space_filling_cluster(
-    pos: torch.Tensor, cluster_size: int, h: int, w: int
+    pos: torch.Tensor, cluster_size: int, h: int, w: int, per_image: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Official balanced clustering on serpentine space-filling anchors (stable sort).
 
     pos (B, n, 2) float positions; h, w: the stride-4 canvas. Returns
     (order (B, n) int64: new token j is old token order[j]; cluster_mean (B, k, 2) float32 of the
     reordered tokens; cluster_mask (B, k, m) float32 with 0 at padding slots, or None if n % m == 0).
-    Clusters are consecutive runs of `cluster_size` tokens in the new order.
+    Clusters are consecutive runs of `cluster_size` tokens in the new order. The official sort key
+    uses the largest ratio of the whole batch (so ties, and results, can depend on batch mates);
+    `per_image=True` takes it per image (identical to official for a batch of one).
     """
     with torch.no_grad():
         p = pos.detach().float()
@@ -217,7 +219,8 @@ def space_filling_cluster(
         d_prev = (p - prev[rank]).pow(2).sum(-1)
         d_next = (p - nxt[rank]).pow(2).sum(-1)
         ratio = d_prev / (d_next + 1e-5)
-        sort_key = rank.unsqueeze(2) * (ratio.max() + 1) + ratio.unsqueeze(2)  # float32, as official
+        top = ratio.amax(1, keepdim=True).unsqueeze(2) if per_image else ratio.max()
+        sort_key = rank.unsqueeze(2) * (top + 1) + ratio.unsqueeze(2)  # float32, as official
         order = torch.sort(sort_key.squeeze(2), dim=1, stable=True)[1]
 
         p_sorted = p.gather(1, order.unsqueeze(2).expand(-1, -1, 2))
