@@ -59,6 +59,7 @@ class RunConfig:
     min_area: float | None = None
     simplify: float | None = None
     quiet: bool = True
+    stream_merge: bool = True  # stitch while tiles are computed (single-shard runs)
     command_line: list[str] | None = None
 
     def params(self) -> dict[str, Any]:
@@ -163,7 +164,18 @@ def run_slide(
         todo = store.pending(mine)
         res.tiles_shard = len(mine)
         t1 = time.perf_counter()
-        stats = _infer(reader, plan, segmenter, store, todo, config, desc=src.name)
+        streamer = None
+        if shard_n == 1 and str(out) != "-":
+            _remove_stale_temps(out)
+        if shard_n == 1 and todo and config.stream_merge and str(out) != "-":
+            streamer = _StreamingMerge.start(store, out, fmt, config, out_fp, segmenter)
+        try:
+            stats = _infer(reader, plan, segmenter, store, todo, config, desc=src.name,
+                           on_written=streamer.mark if streamer else None)
+        except BaseException:
+            if streamer is not None:
+                streamer.abort()
+            raise
         res.tiles_computed = stats.tiles
         res.timings["infer_s"] = time.perf_counter() - t1
         res.timings["forward_s"] = stats.forward_s
@@ -172,7 +184,12 @@ def run_slide(
 
     remaining = store.remaining()
     res.tiles_done = res.tiles_selected - remaining
-    if remaining:
+    if streamer is not None:
+        t2 = time.perf_counter()
+        counts = streamer.finish()
+        res.timings["merge_s"] = time.perf_counter() - t2  # the part not overlapped
+        res.counts, res.objects, res.status = counts, counts.get("instances"), "done"
+    elif remaining:
         log.info("%s: shard %d/%d finished; %d tiles left for other shards",
                  src.name, shard_i, shard_n, remaining)
         res.status = "waiting"
@@ -212,14 +229,20 @@ def merge_store(
     fingerprint: dict[str, Any] | None = None,
     segmenter: Segmenter | None = None,
     config: RunConfig | None = None,
+    first_pass: Iterable[Any] | None = None,
+    wait_all: Any = None,
 ) -> dict[str, Any]:
     """Stitch a complete store and write ``output`` (+ provenance, + optional labels).
-    The output appears only via os.replace of a finished temp file."""
+    The output appears only via os.replace of a finished temp file.
+
+    ``first_pass`` / ``wait_all`` are for stitching while tiles are still being computed: the
+    first stitching pass reads tiles from ``first_pass`` (blocking until each is done) and
+    ``wait_all()`` returns once every tile is in the store."""
     from tilesegcli import provenance
 
     if not isinstance(store, TileStore):
         store = TileStore.open(store)
-    remaining = store.remaining()
+    remaining = store.remaining() if first_pass is None else 0
     if remaining:
         raise TilesegError(f"tile store {store.path} is not complete: {remaining} tiles left")
     out = Path(output)
@@ -230,7 +253,7 @@ def merge_store(
             "labels": str(labels) if labels else None}}
     _check_writable(out, labels)
     counts = _stitch_and_write(store, out, fmt=fmt, labels=labels, min_area=min_area,
-                               simplify=simplify)
+                               simplify=simplify, first_pass=first_pass, wait_all=wait_all)
     if str(out) != "-":
         params = config.params() if config is not None else store.meta.get("params", {})
         prov = provenance.build(
@@ -481,6 +504,37 @@ def _model_meta(segmenter: Segmenter) -> dict[str, Any]:
                      "card": card, "params": getattr(segmenter, "params", None)})
 
 
+def _remove_stale_temps(out: Path) -> None:
+    """Remove temp outputs (``<name>.tmp-<pid>-…``, ``.<name>.tmp-<pid>``) left by killed
+    processes of this host: a SIGKILL cannot clean up after itself. Only for unsharded runs,
+    where no process on another host can be writing them."""
+    import os
+    import re
+    import shutil
+
+    pat = re.compile(rf"^\.?{re.escape(out.name)}\.tmp-(\d+)(-[0-9a-f]+)?$")
+    try:
+        entries = list(out.parent.iterdir())
+    except OSError:
+        return
+    for p in entries:
+        m = pat.match(p.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # that process is alive: not ours to touch
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        log.info("removing %s left by a killed run", p)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 def _check_writable(out: Path, labels: Path | None) -> None:
     """Fail before any compute when an output cannot be written."""
     import os
@@ -498,7 +552,7 @@ def _check_writable(out: Path, labels: Path | None) -> None:
 
 
 def _infer(reader: Any, plan: Plan, segmenter: Segmenter, store: TileStore, todo: list[int],
-           config: RunConfig, desc: str) -> Any:
+           config: RunConfig, desc: str, on_written: Any = None) -> Any:
     from tilesegcli.resolution import read_work_region
     from tilesegcli.runner import run_tiles, show_progress
 
@@ -507,14 +561,21 @@ def _infer(reader: Any, plan: Plan, segmenter: Segmenter, store: TileStore, todo
     def read(t: Any) -> Any:
         return read_work_region(reader, grid, t.x, t.y, t.w, t.h)
 
+    def write(t: Any, r: Any) -> None:
+        store.write_tile(t, r)
+        if on_written is not None:
+            on_written(t.index)
+
     tiles = [store.tile(i) for i in todo]
-    return run_tiles(segmenter, tiles, read, store.write_tile, batch_size=config.batch_size,
+    return run_tiles(segmenter, tiles, read, write, batch_size=config.batch_size,
                      num_workers=config.num_workers, progress=show_progress(config.quiet),
                      desc=desc)
 
 
 def _stitch_and_write(store: TileStore, out: Path, *, fmt: str, labels: Path | None,
-                      min_area: float | None, simplify: float | None) -> dict[str, Any]:
+                      min_area: float | None, simplify: float | None,
+                      first_pass: Iterable[Any] | None = None,
+                      wait_all: Any = None) -> dict[str, Any]:
     """Stream stitched objects from the store into the writers (F's stitching + writers)."""
     from contextlib import ExitStack
 
@@ -535,15 +596,19 @@ def _stitch_and_write(store: TileStore, out: Path, *, fmt: str, labels: Path | N
         if labels is not None:
             lw = stack.enter_context(open_labels_writer(labels, grid=grid, classes=classes,
                                                         info=info, mpp=mpp))
-        if store.task in ("instance", "panoptic"):
-            for obj in stitch_instances(grid, store.iter_results(), stats=inst_stats):
+        has_inst = store.task in ("instance", "panoptic")
+        if has_inst:
+            tiles = first_pass if first_pass is not None else store.iter_results()
+            for obj in stitch_instances(grid, tiles, stats=inst_stats):
                 if writer.write(obj):
                     n_inst += 1
                     if lw is not None:
                         lw.add(obj)
+        if wait_all is not None:
+            wait_all()
         if store.task in ("semantic", "panoptic"):
-            for obj in stitch_semantic(grid, store.iter_results(), classes=classes,
-                                       stats=sem_stats):
+            tiles = first_pass if first_pass is not None and not has_inst else store.iter_results()
+            for obj in stitch_semantic(grid, tiles, classes=classes, stats=sem_stats):
                 if writer.write(obj):
                     n_reg += 1
                     if lw is not None:
@@ -553,3 +618,99 @@ def _stitch_and_write(store: TileStore, out: Path, *, fmt: str, labels: Path | N
             "instances_owned": inst_stats.owned,
             "duplicate_views": inst_stats.duplicate_views,
             "tiles_stitched": max(inst_stats.tiles, sem_stats.tiles)}
+
+
+class _StreamingMerge:
+    """Stitch and write in a background thread while the runner computes tiles.
+
+    Only for single-shard runs: tiles then finish in row-major order, which is the order the
+    stitchers consume, so the first stitching pass trails the model by about one tile row. The
+    output is still written to a temp name and committed only after the last tile; on any error
+    or interrupt the temp file is removed and the store stays resumable."""
+
+    def __init__(self, store: TileStore) -> None:
+        import threading
+
+        self.store = store
+        self.cond = threading.Condition()
+        self.done = store.done_mask().ravel().copy()
+        self.all_done = False
+        self.aborted = False
+        self.error: BaseException | None = None
+        self.counts: dict[str, Any] | None = None
+        self.thread: Any = None
+        self._lock_cm: Any = None
+
+    @classmethod
+    def start(cls, store: TileStore, out: Path, fmt: str, config: RunConfig,
+              out_fp: dict[str, Any], segmenter: Segmenter) -> _StreamingMerge | None:
+        import threading
+
+        self = cls(store)
+        self._lock_cm = store.merge_lock()
+        if not self._lock_cm.__enter__():  # someone else is merging this store
+            self._lock_cm.__exit__(None, None, None)
+            return None
+
+        def run() -> None:
+            try:
+                self.counts = merge_store(store, out, fmt=fmt, labels=config.labels,
+                                          min_area=config.min_area, simplify=config.simplify,
+                                          fingerprint=out_fp, segmenter=segmenter, config=config,
+                                          first_pass=self._tiles(), wait_all=self._wait_all)
+            except BaseException as e:  # noqa: BLE001 - re-raised by finish()
+                self.error = e
+
+        self.thread = threading.Thread(target=run, daemon=True, name="tile-merge")
+        self.thread.start()
+        return self
+
+    def mark(self, index: int) -> None:
+        with self.cond:
+            self.done[index] = True
+            self.cond.notify_all()
+
+    def _wait(self, pred: Any) -> None:
+        with self.cond:
+            while not pred():
+                if self.aborted:
+                    raise _MergeAborted()
+                self.cond.wait(0.5)
+
+    def _tiles(self) -> Any:
+        for i in self.store.selected_indices:
+            self._wait(lambda i=i: self.done[i])
+            tile = self.store.tile(i)
+            yield tile, self.store.read_tile(tile)
+
+    def _wait_all(self) -> None:
+        self._wait(lambda: self.all_done)
+
+    def _stop(self) -> None:
+        self.thread.join()
+        self._lock_cm.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        with self.cond:
+            self.aborted = True
+            self.cond.notify_all()
+        self._stop()
+
+    def finish(self) -> dict[str, Any]:
+        with self.cond:
+            self.all_done = True
+            self.cond.notify_all()
+        try:
+            self.thread.join()
+        except BaseException:
+            self.abort()
+            raise
+        self._stop()
+        if self.error is not None:
+            raise self.error
+        assert self.counts is not None
+        return self.counts
+
+
+class _MergeAborted(Exception):
+    """The run stopped before every tile was computed; the streaming merge is discarded."""

@@ -122,7 +122,7 @@ def test_png_without_mpp_names_the_flag(run_cli, tmp_path):
 
 @pytest.mark.parametrize("kind", ["gray", "rgba", "uint16"])
 def test_gray_rgba_16bit_inputs(run_cli, tmp_path, kind):
-    rgb = synthetic.tissue_like(600, 500, seed=4, n_blobs=2)
+    rgb = synthetic.tissue_like(1200, 1000, seed=4, n_blobs=2)  # tissue > the 0.01 mm² speck size
     content = {
         "gray": rgb.mean(axis=2).astype(np.uint8),
         "rgba": np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)]),

@@ -99,3 +99,32 @@ def test_cmu_small_region_end_to_end(shared_dir, tmp_path):
     doc = json.loads((tmp_path / "cmu.geojson").read_text())
     assert r.objects > 100 and len(doc["features"]) >= r.objects
     assert r.tiles_selected < r.tiles_total
+
+
+@pytest.mark.parametrize("task", ["instance", "panoptic"])
+def test_streaming_merge_equals_merge_after_inference(slide_svs, tmp_path, task, feature_set):
+    from tilesegcli.nn.simple import SimpleSegmenter
+
+    outs = []
+    for stream in (True, False):
+        out = tmp_path / f"{stream}.geojson"
+        [r] = predict(slide_svs, segmenter=SimpleSegmenter(task=task), output=out,
+                      stream_merge=stream, batch_size=3)
+        assert r.status == "done" and r.counts["instances"] > 0
+        outs.append(out)
+    assert feature_set(outs[0]) == feature_set(outs[1])
+
+
+def test_streaming_merge_failure_leaves_no_output(slide_svs, tmp_path, tmp_leftovers):
+    class FailsLate(DarkThreshold):
+        def predict_batch(self, tiles):
+            if self.calls >= 3:
+                raise RuntimeError("out of memory")
+            return super().predict_batch(tiles)
+
+    with pytest.raises(RuntimeError):
+        predict(slide_svs, segmenter=FailsLate("instance"), output=tmp_path / "f.geojson",
+                batch_size=2, raise_errors=True)
+    assert not (tmp_path / "f.geojson").exists() and tmp_leftovers(tmp_path) == []
+    [r] = predict(slide_svs, segmenter=DarkThreshold("instance"), output=tmp_path / "f.geojson")
+    assert r.status == "done" and 0 < r.tiles_computed < r.tiles_selected  # resumed
