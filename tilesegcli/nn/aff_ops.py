@@ -1,18 +1,22 @@
-"""Gather-based tensor ops of the AutoFocusFormer (the official `clusten` CUDA kernels, in plain torch).
+"""Tensor ops of the AutoFocusFormer: the official `clusten` CUDA kernels in plain torch.
 
 This module owns the numerics that touch neighbourhoods:
 
-* `rel_pos_features`: the 5 relative-position features (dx, dy, r, dy/r, dx/r) of gathered pairs,
-  computed on the fly instead of pushing a (2W+1)^2 table through a Linear in every block; with the
-  SEG clamp of each offset to [-W, W] the values equal the official table rows.
-* `neighbourhood_attention`: CLUSTENQK + position bias + padding bias (-100) + blank token + softmax +
-  CLUSTENAV, processed in chunks of query tokens so the gathered keys/values never exceed a fixed
-  element budget (peak memory bounded at any input size).
-* `neighbourhood_merge`: CLUSTENWF of the adaptive downsampling (weight_net on the relative features,
-  times importance and mask, summed against gathered features), chunked the same way.
+* `rel_table` / `rel_pos_features`: the 5 relative-position features (dx, dy, r, dy/r, dx/r), as the
+  official table (only the radius a stage needs) or per gathered pair; with the SEG clamp of each
+  offset to [-W, W] both equal the official table rows.
+* `plan_clusters` / `plan_global` + `plan_attention`: the fast cluster attention. A stage's tokens
+  are grouped in their clusters; each cluster attends to the union of its tokens' nearest clusters
+  with a per-pair bias row (position bias, -100 padding, -inf outside the token's own
+  neighbourhood, 0 for the blank token), so gathers are per cluster and the products are dense
+  matmuls. Chunked over clusters: peak memory stays bounded at any input size.
+* `neighbourhood_attention`: the plain per-token gather formula (CLUSTENQK + bias + blank +
+  softmax + CLUSTENAV); the reference `plan_attention` is tested against.
+* `neighbourhood_merge`: CLUSTENWF of the adaptive downsampling (weight_net on the relative
+  features, times importance and mask, summed against gathered features), chunked.
 * `drop_path`: per-sample stochastic depth (timm semantics).
 
-All functions are differentiable, device-agnostic and keep no state.
+All functions are differentiable (plans are index data), device-agnostic and keep no state.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Elements of gathered neighbour tensors materialised at once (about 64 MB in fp32).
+# Elements of gathered neighbour tensors materialised at once (about 32 MB in fp32).
 CHUNK_ELEMENTS = 1 << 23
 
 
