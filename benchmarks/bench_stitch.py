@@ -29,7 +29,6 @@ CELL = 17
 
 
 def semantic(size: int, tile: int, overlap: int) -> None:
-    import psutil
     from scipy import ndimage
 
     from tilesegcli.segmenter import ClassInfo, TileResult
@@ -66,31 +65,37 @@ def semantic(size: int, tile: int, overlap: int) -> None:
     print(f"semantic choice on {h}x{w}, tile {tile}/{overlap}: pixel error core-crop {100 * err_c:.2f}% "
           f"vs linear blend {100 * err_b:.2f}% (blend/crop = {err_b / err_c:.2f}); state per row band: "
           f"crop 2 B/px, blend {4 * n_cls + 4} B/px over the window height")
-    # (2) throughput / memory of stitch_semantic on a large map generated tile by tile
+    # (2) throughput / memory of stitch_semantic on large maps generated tile by tile; the same
+    # width at 1/3 and full height: traced memory must not grow with the number of rows
+    import tracemalloc
+
     classes = [ClassInfo(f"c{i}", (40 * i, 0, 0)) for i in range(n_cls)]
-    grid = make_grid(size, size, tile, overlap)
     period = 97.0
+    for height in (size // 3, size):
+        grid = make_grid(size, height, tile, overlap)
 
-    def tiles():
-        for spec in iter_tiles(grid):
-            ys = np.arange(spec.y, spec.y + tile)[:, None]
-            xs = np.arange(spec.x, spec.x + tile)[None, :]
-            v = np.sin(ys / period) * np.cos(xs / (1.3 * period)) + 0.4 * np.sin((xs + ys) / 23.0)
-            cls = np.digitize(v, [-0.6, 0.2, 0.9])
-            yield spec, TileResult(semantic=np.eye(n_cls, dtype=np.float32)[cls].transpose(2, 0, 1))
+        def tiles(grid=grid):
+            for spec in iter_tiles(grid):
+                ys = np.arange(spec.y, spec.y + tile)[:, None]
+                xs = np.arange(spec.x, spec.x + tile)[None, :]
+                v = np.sin(ys / period) * np.cos(xs / (1.3 * period)) + 0.4 * np.sin((xs + ys) / 23.0)
+                cls = np.digitize(v, [-0.6, 0.2, 0.9])
+                yield spec, TileResult(semantic=np.eye(n_cls, dtype=np.float32)[cls].transpose(2, 0, 1))
 
-    proc = psutil.Process()
-    st = StitchStats()
-    t0, c0 = time.perf_counter(), time.process_time()
-    n = 0
-    for _ in stitch_semantic(grid, tiles(), classes=classes, stats=st):
-        n += 1
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    mpx = size * size / 1e6
-    print(f"stitch_semantic {size}x{size} ({grid.rows}x{grid.cols} tiles, tile synthesis included): {n} regions, "
-          f"{mpx / cpu:.1f} Mpx/s per core (CPU {cpu:.1f} s, wall {wall:.1f} s); pending peak {st.pending_peak}; "
-          f"RSS {proc.memory_info().rss / 2**20:.0f} MiB, peak "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+        st = StitchStats()
+        tracemalloc.start()
+        t0, c0 = time.perf_counter(), time.process_time()
+        n = 0
+        for _ in stitch_semantic(grid, tiles(), classes=classes, stats=st):
+            n += 1
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        traced = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+        mpx = size * height / 1e6
+        print(f"stitch_semantic {size}x{height} ({grid.rows}x{grid.cols} tiles, synthesis included): {n} regions, "
+              f"{mpx / cpu:.1f} Mpx/s per core (CPU {cpu:.1f} s, wall {wall:.1f} s); pending peak "
+              f"{st.pending_peak}; traced peak {traced:.0f} MiB; process peak RSS "
+              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 def main() -> None:
