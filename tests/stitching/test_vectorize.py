@@ -100,6 +100,9 @@ def test_oracle_windows_and_padding() -> None:
     gt[40:50, 50:60] = 9
     classes = [ClassInfo("bg", (0, 0, 0)), ClassInfo("a", (1, 2, 3)), ClassInfo("b", (4, 5, 6))]
     orc = OracleSegmenter(gt, {3: 2, 9: 1}, classes, 32, 8, gt_scores={3: 0.25}, semantic=(gt > 0).astype(np.uint8))
+    from tilesegcli.segmenter import Segmenter
+
+    assert isinstance(orc, Segmenter) and orc.task == "panoptic"
     spec = TileSpec(index=0, row=0, col=0, x=40, y=30, w=32, h=32, core=(40, 30, 60, 50))
     res = orc.predict_tiles([spec])[0]
     assert res.labels.shape == (32, 32) and res.labels.dtype == np.int32

@@ -211,7 +211,6 @@ class LabelsWriter:
                     for i, c, s in self.listed
                 ]
             for name, meta in (("instances", inst_label), ("classes", cls_label)):
-                meta["source"] = {"image": "../../"}
                 self.groups[name].attrs.update(
                     {"multiscales": [self._multiscales(name, levels[name])], "image-label": meta})
             self.labels.attrs.update({"labels": ["instances", "classes"]})
