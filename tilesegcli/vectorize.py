@@ -155,6 +155,7 @@ class OutputTransform:
     simplify: float | None = None
     mpp: float | None = None  # level-0 pixel size; defaults to info.mpp
     mpp_unit: str | None = None  # "um" | "m"; defaults to info.mpp_unit
+    origin: tuple[float, float] = (0.0, 0.0)  # level-0 px subtracted in pixel output (MRXS bounds)
 
     def __post_init__(self) -> None:
         if self.mpp is None and self.info is not None:
@@ -172,7 +173,7 @@ class OutputTransform:
             gt = self.info.geotransform  # type: ignore[union-attr]
             self._matrix = [gt[1] * ds, gt[2] * ds, gt[4] * ds, gt[5] * ds, gt[0], gt[3]]
         else:
-            self._matrix = [ds, 0.0, 0.0, ds, 0.0, 0.0]
+            self._matrix = [ds, 0.0, 0.0, ds, -float(self.origin[0]), -float(self.origin[1])]
         self._identity = self._matrix == [1.0, 0.0, 0.0, 1.0, 0.0, 0.0]
 
     @property

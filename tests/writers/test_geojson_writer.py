@@ -156,6 +156,14 @@ def test_min_area_and_simplify_physical_units(tmp_path: Path) -> None:
     assert f[0]["properties"]["measurements"]["Area µm^2"] == pytest.approx(circle.area * 0.25)
 
 
+def test_origin_offset(tmp_path: Path) -> None:
+    p = tmp_path / "o.json"
+    with open_writer(p, "qupath", classes=CLASSES, info=SLIDE, origin=(100, 50)) as w:
+        w.write(StitchedObject(shapely.box(100, 50, 110, 60), 1, 1.0))
+    g = shapely.geometry.shape(json.loads(p.read_text())["features"][0]["geometry"])
+    assert g.bounds == (0, 0, 10, 10)
+
+
 def test_format_from_path() -> None:
     assert format_from_path("a.geojson") == "geojson"
     assert format_from_path("a.geojson.gz") == "geojson.gz"

@@ -200,6 +200,7 @@ def open_writer(
     grid: GridSpec | None = None,
     min_area: float | None = None,
     simplify: float | None = None,
+    origin: tuple[float, float] = (0.0, 0.0),
 ) -> FeatureWriter:
     """Open a streaming feature writer (see module docstring for the formats).
 
@@ -208,6 +209,8 @@ def open_writer(
     grid: objects arrive in working px of this grid (``grid.downsample`` -> level 0); without
     it they arrive in level-0 px. They are mapped to the CRS for georeferenced geojson output.
     min_area / simplify: physical units (µm², µm; m², m georeferenced; level-0 px when unknown).
+    origin: level-0 px subtracted from pixel coordinates, for viewers whose image starts at the
+    slide bounds (QuPath on MRXS with bounds-x/y); ignored for CRS output.
     """
     from tilesegcli.vectorize import OutputTransform
 
@@ -217,7 +220,7 @@ def open_writer(
     geo = fmt != "qupath" and info is not None and info.geotransform is not None
     transform = OutputTransform(
         grid.downsample if grid is not None else 1.0,
-        info=info, crs=geo, min_area=min_area, simplify=simplify, mpp=mpp,
+        info=info, crs=geo, min_area=min_area, simplify=simplify, mpp=mpp, origin=origin,
     )
     sink = AtomicOutput(path, gz=fmt == "geojson.gz")
     crs = info.crs if geo and info is not None else None
