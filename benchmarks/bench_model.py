@@ -35,14 +35,17 @@ def worker(backbone: str, size: int, threads: int, repeats: int) -> dict:
     best: dict | None = None
     with torch.no_grad():
         for _ in range(repeats):
+            c0 = time.process_time()
             t0 = time.perf_counter()
             feats = model.backbone(x)
             t1 = time.perf_counter()
             out = model.sem_seg_head(feats)
             t2 = time.perf_counter()
+            c2 = time.process_time()
             model.sem_seg_head(feats, with_aux=False)
             t3 = time.perf_counter()
-            run = {"total_s": t2 - t0, "backbone_s": t1 - t0, "head_s": t2 - t1,
+            run = {"total_s": t2 - t0, "cpu_s": c2 - c0, "backbone_s": t1 - t0,
+                   "head_s": t2 - t1,
                    "head_no_aux_s": t3 - t2}
             if best is None or run["total_s"] < best["total_s"]:
                 best = run
@@ -83,7 +86,8 @@ def main() -> None:
                 continue
             r = json.loads(p.stdout.strip().splitlines()[-1])
             rows.append(r)
-            line = (f"{bb:10s} {s:5d}^2  total {r['total_s']:7.2f} s  (backbone "
+            line = (f"{bb:10s} {s:5d}^2  total {r['total_s']:7.2f} s, cpu {r['cpu_s']:7.2f} s  "
+                    f"(backbone "
                     f"{r['backbone_s']:6.2f}, head {r['head_s']:6.2f}; head without aux "
                     f"masks {r['head_no_aux_s']:6.2f})  peak RSS "
                     f"{r['peak_rss_gb']:5.2f} GB")
