@@ -98,3 +98,13 @@ def test_postprocess_batch_dispatch() -> None:
     assert len(sem) == 2 and sem[0].shape == (3, 22, 19)
     assert isinstance(postprocess_batch(out, (22, 19), task="instance")[1], Instances)
     assert isinstance(postprocess_batch(out, (22, 19), task="panoptic")[0], Panoptic)
+
+
+def test_semantic_resize_order() -> None:
+    logits, masks = _preds(4)
+    a = semantic_inference(logits, masks, (24, 20), (12, 10))
+    b = semantic_inference(logits, masks, (24, 20), (12, 10), resize_probs=False)
+    ref_a = F.interpolate(semantic_inference(logits, masks, (24, 20))[None], size=(12, 10),
+                          mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(a, ref_a)
+    assert b.shape == (3, 12, 10) and not torch.allclose(a, b)

@@ -47,15 +47,25 @@ def semantic_inference(
     pred_masks: torch.Tensor,
     input_hw: tuple[int, int],
     output_hw: tuple[int, int] | None = None,
+    *,
+    resize_probs: bool = True,
 ) -> torch.Tensor:
-    """Per-class probabilities (K, H, W) = einsum(softmax(cls)[:, :K], sigmoid(upsampled mask))."""
+    """Per-class probabilities (K, H, W) = einsum(softmax(cls)[:, :K], sigmoid(upsampled mask)).
+
+    With an output size, ``resize_probs=True`` resizes the probabilities (official behaviour of
+    semantic-only models); False resizes the mask logits first (official when instance or
+    panoptic inference is also on)."""
     cls = F.softmax(pred_logits.float(), dim=-1)[:, :-1]
+    mask_hw = input_hw if resize_probs else output_hw
     out = None
     for s, e in _chunks(pred_masks.shape[0]):
-        m = upsample_masks(pred_masks[s:e], input_hw, output_hw).sigmoid()
+        m = upsample_masks(pred_masks[s:e], input_hw, mask_hw).sigmoid()
         part = torch.einsum("qc,qhw->chw", cls[s:e], m)
         out = part if out is None else out + part
     assert out is not None
+    if resize_probs and output_hw is not None and tuple(output_hw) != tuple(input_hw):
+        out = F.interpolate(out[None], size=tuple(output_hw), mode="bilinear",
+                            align_corners=False)[0]
     return out
 
 
