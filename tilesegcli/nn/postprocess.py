@@ -205,6 +205,7 @@ def postprocess_batch(
     thing_classes: set[int] | frozenset[int] = frozenset(),
     object_mask_threshold: float = 0.8,
     overlap_threshold: float = 0.8,
+    resize_probs: bool = True,
 ) -> list:
     """Model outputs of a batch -> per image: task "semantic" -> (K, H, W) float tensor,
     "instance" -> ``Instances``, "panoptic" -> ``Panoptic``. input_hw = the (H, W) given to
@@ -213,7 +214,8 @@ def postprocess_batch(
     with torch.no_grad():
         for logits, masks in zip(outputs["pred_logits"], outputs["pred_masks"], strict=True):
             if task == "semantic":
-                results.append(semantic_inference(logits, masks, input_hw, output_hw))
+                results.append(semantic_inference(logits, masks, input_hw, output_hw,
+                                                  resize_probs=resize_probs))
             elif task == "instance":
                 results.append(instance_inference(logits, masks, input_hw, output_hw, topk=topk,
                                                   score_threshold=score_threshold))
