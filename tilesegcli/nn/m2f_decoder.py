@@ -90,6 +90,20 @@ class MLP(nn.Module):
         return x
 
 
+def _raster_index(pos: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor | None:
+    """Raster index (y * w + x) of every token if the tokens cover the (h, w) canvas exactly once."""
+    h, w = hw
+    if pos.shape[1] != h * w:
+        return None
+    flat = pos[..., 1].long() * w + pos[..., 0].long()
+    ok = flat.min() >= 0 and flat.max() < h * w
+    if not ok:
+        return None
+    seen = torch.zeros(pos.shape[0], h * w, dtype=torch.bool, device=pos.device)
+    seen.scatter_(1, flat, True)
+    return flat if bool(seen.all()) else None
+
+
 class MultiScaleMaskedTransformerDecoder(nn.Module):
     """dec_layers - 1 decoder layers and dec_layers predictions (first from the raw queries)."""
 
@@ -168,13 +182,23 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         for p in poss:
             idx = knn(p, mask_pos, min(4, mask_pos.shape[1]))
             interp.append((idx, shepard_weights(p, gather_rows(mask_pos, idx), 3)))
+        to_img = lambda m: point2img(m, mask_pos, canvas_hw)  # noqa: E731
+        raster = _raster_index(mask_pos, canvas_hw)
+        if raster is not None:
+            # res2 tiles the canvas: put mask features in raster order once, so every dense
+            # mask is a plain matmul (no scatter) and interpolation indices point into it
+            c = mask_features.shape[-1]
+            mask_features = torch.zeros_like(mask_features).scatter(
+                1, raster.unsqueeze(-1).expand(-1, -1, c), mask_features)
+            interp = [(raster.gather(1, i.flatten(1)).view_as(i), w) for i, w in interp]
+            to_img = lambda m: m.view(m.shape[0], m.shape[1], *canvas_hw)  # noqa: E731
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, b, 1)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, b, 1)
         classes, masks = [], []
         dense = with_aux or self.num_layers == 0
         cls, mask, attn_mask = self._predict(output, mask_features, interp[0], dense)
         classes.append(cls)
-        masks.append(point2img(mask, mask_pos, canvas_hw) if dense else None)
+        masks.append(to_img(mask) if dense else None)
         for i in range(self.num_layers):
             lvl = i % self.num_feature_levels
             attn_mask[attn_mask.all(-1)] = False
@@ -187,7 +211,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             dense = with_aux or i == self.num_layers - 1
             cls, mask, attn_mask = self._predict(output, mask_features, interp[nxt], dense)
             classes.append(cls)
-            masks.append(point2img(mask, mask_pos, canvas_hw) if dense else None)
+            masks.append(to_img(mask) if dense else None)
         aux = [{"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1],
                                                                   strict=True)]
         return {"pred_logits": classes[-1], "pred_masks": masks[-1],
