@@ -15,7 +15,7 @@ import click
 
 F = Callable[..., Any]
 
-FORMATS = ("geojson", "geojson.gz", "geojsonseq")
+FORMATS = ("geojson", "geojson.gz", "geojsonseq", "qupath")
 
 
 def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
@@ -31,7 +31,7 @@ def output_options() -> Callable[[F], F]:
     """Options deciding what is written (shared by predict and merge)."""
     return _compose(
         click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-                      help="Output format (default: from the output suffix, else geojson)."),
+                      help="Output format (default: from the output suffix; qupath = level-0 pixels even for GeoTIFFs)."),
         click.option("--labels", type=click.Path(path_type=Path), default=None,
                      help="Also write an OME-Zarr label image here."),
         click.option("--min-area", type=click.FloatRange(min=0), default=None,

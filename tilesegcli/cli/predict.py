@@ -50,7 +50,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
               help="Tile edge in working pixels (default: model card).")
 @click.option("--overlap", type=click.IntRange(min=0), default=None,
               help="Tile overlap in working pixels (default: model card).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Tiles per model call.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
               help="Tile reading threads (default: min(4, available cores); 0 = inline).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
