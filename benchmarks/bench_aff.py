@@ -29,7 +29,8 @@ def worker(name: str, size: int, threads: int, repeats: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     discrete = [0.0]
-    for fn in ("space_filling_cluster", "cluster_neighbourhood", "plan_clusters", "choose_centres"):
+    for fn in ("space_filling_cluster", "nearest_clusters", "plan_clusters", "plan_global",
+               "choose_centres"):
         orig = getattr(aff, fn)
 
         def timed(*a, _orig=orig, **k):
@@ -72,7 +73,9 @@ def main() -> None:
         for size in args.sizes:
             cmd = [sys.executable, __file__, "--worker", name, str(size),
                    "--threads", str(args.threads), "--repeats", str(args.repeats)]
-            res = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                sys.exit(f"worker {name} {size} failed:\n{res.stderr[-2000:]}")
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
             r = rows[-1]
             print(f"  done {name} {size}: {r['wall_s']:.2f} s", file=sys.stderr)
