@@ -136,9 +136,9 @@ def knn(query: torch.Tensor, database: torch.Tensor, k: int) -> torch.Tensor:
 
 def gather_rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """x (B, N, C), idx (B, ...) -> (B, ..., C)."""
-    b, _, c = x.shape
-    flat = idx.reshape(b, -1, 1).expand(-1, -1, c)
-    return x.gather(1, flat).reshape(*idx.shape, c)
+    b, n, c = x.shape
+    base = (torch.arange(b, device=idx.device) * n).view(b, *([1] * (idx.dim() - 1)))
+    return x.reshape(b * n, c).index_select(0, (idx + base).reshape(-1)).view(*idx.shape, c)
 
 
 def shepard_weights(
