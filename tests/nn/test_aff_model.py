@@ -9,6 +9,7 @@ from tilesegcli.errors import WeightsError
 from tilesegcli.nn.aff import (
     AFF_CONFIGS,
     BasicLayer,
+    aff_out_channels,
     build_aff,
     checkpoint_filter_fn,
     load_official_backbone,
@@ -142,6 +143,7 @@ def test_cls_variant_and_configs() -> None:
     mini = build_aff("aff_mini", variant="cls", num_classes=1000)
     assert sum(p.numel() for p in mini.parameters()) == 6_754_451  # official README count
     assert build_aff("aff_mini").out_channels == {"res2": 32, "res3": 128, "res4": 256, "res5": 384}
+    assert aff_out_channels("aff_tiny") == build_aff("aff_tiny").out_channels
     b384 = build_aff("aff_base_22kto1k_384", alpha=8.0)
     assert b384.layers[0].cluster_size == 24 and b384.layers[0].nbhd_size == 144
     assert b384.layers[0].downsample.alpha == 8.0

@@ -352,6 +352,13 @@ AFF_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+def aff_out_channels(name: str) -> dict[str, int]:
+    """Channels of the SEG levels of a registered configuration, without building it."""
+    if name not in AFF_CONFIGS:
+        raise KeyError(f"unknown AFF configuration {name!r}; known: {sorted(AFF_CONFIGS)}")
+    return {f"res{i + 2}": c for i, c in enumerate(AFF_CONFIGS[name]["embed_dim"])}
+
+
 def build_aff(name: str, *, variant: str = "seg", num_classes: int | None = None,
               drop_path_rate: float | None = None, alpha: float | None = None,
               **overrides: Any) -> AutoFocusFormer:
