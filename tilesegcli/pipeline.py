@@ -12,6 +12,16 @@ Public API (no click here)::
 mpp_unit, tile_size, overlap`` and ``predict_batch(uint8 (B, H, W, 3)) -> list[TileResult]``.
 An optional ``weights_sha256`` attribute enters the run fingerprint (so a store made with other
 weights is refused) and an optional ``card`` (dict) is copied into the provenance file.
+
+Flow of ``run_slide``: open the reader -> choose the level from the segmenter's mpp (``--mpp``
+overrides the file's) -> grid (tilesegcli.tiling) -> foreground tiles -> open/create the tile
+store (tilesegcli.store; refused if made by another model/params or another shard count) ->
+run this shard's pending tiles (tilesegcli.runner) -> when no tile of any shard is left, the
+process holding the store's merge lock stitches and writes (temp file + os.replace, then the
+provenance). Unsharded runs stitch *while* the model runs (tiles finish in the row-major order
+the stitchers consume), so the merge adds only a short tail. ``merge_store`` is the explicit
+``tileseg merge``. Status per input: done | skipped (valid output exists) | waiting (this shard
+is finished, others are not) | failed.
 """
 
 from __future__ import annotations
