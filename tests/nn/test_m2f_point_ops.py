@@ -76,3 +76,15 @@ def test_point2img_places_tokens() -> None:
     pos = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
     img = point2img(torch.tensor([[[5.0, 7.0]]]), pos, (2, 2))
     assert img.tolist() == [[[[0.0, 5.0], [7.0, 0.0]]]]
+
+
+def test_knn_sparse_clustered_database() -> None:
+    # sparse tokens bunched in one corner: exercises the block pass and the growing-disk fallback
+    g = torch.Generator().manual_seed(11)
+    h, w = 96, 120
+    pts = torch.unique(torch.randint(0, 30, (1, 400, 2), generator=g), dim=1).float()
+    extra = torch.tensor([[[119.0, 95.0], [60.0, 50.0]]])
+    db = torch.cat([pts, extra], dim=1)
+    q = grid_positions(1, (h, w), torch.device("cpu"))
+    for k in (1, 4, 9):
+        assert torch.equal(knn(q, db, k), knn_bruteforce(q, db, k))

@@ -69,6 +69,66 @@ def _knn_int_brute(qi: torch.Tensor, di: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+_BLOCK = 8  # query block side (cells) of the block pass
+
+
+def _knn_block_pass(
+    qi: torch.Tensor, di: torch.Tensor, canvas: torch.Tensor, k: int, margin: int,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """kNN for queries grouped in blocks of _BLOCK x _BLOCK cells: every query of a block scans
+    the tokens inside the block grown by ``margin``; a result is accepted only if its k-th squared
+    distance is below the squared distance to the window's edge (so no outside token can tie or
+    beat it). Fills ``out`` rows; returns the indices of queries left undecided."""
+    h, w = canvas.shape
+    n_db = di.shape[0]
+    s, m = _BLOCK, margin
+    side = s + 2 * m
+    nbh, nbw = -(-h // s), -(-w // s)
+    padded = torch.full((nbh * s + 2 * m, nbw * s + 2 * m), -1, dtype=torch.long,
+                        device=canvas.device)
+    padded[m : m + h, m : m + w] = canvas
+    win = padded.unfold(0, side, s).unfold(1, side, s).reshape(nbh * nbw, side * side)
+    valid = win >= 0
+    count = valid.sum(1)
+    order = torch.argsort((~valid).to(torch.int8), dim=1, stable=True)
+    cand = win.gather(1, order)  # valid tokens first, in window raster order
+    bx, by = qi[:, 0] // s, qi[:, 1] // s
+    qblock = by * nbw + bx
+    gap = torch.stack([qi[:, 0] - (bx * s - m), (bx * s + s + m - 1) - qi[:, 0],
+                       qi[:, 1] - (by * s - m), (by * s + s + m - 1) - qi[:, 1]], 1).amin(1) + 1
+    qcount = count[qblock]
+    qorder = torch.argsort(qcount, stable=True)
+    left = []
+    rows_budget = _CHUNK_ELEMS
+    st = 0
+    nq = qi.shape[0]
+    while st < nq:
+        width = max(1, int(qcount[qorder[min(nq, st + 256) - 1]]))
+        rows = max(256, rows_budget // width)
+        sel = qorder[st : st + rows]
+        width = max(1, int(qcount[sel].max()))
+        c = cand[qblock[sel], :width]
+        ok = c >= 0
+        cpos = di[c.clamp(min=0)]
+        dx = cpos[..., 0] - qi[sel, None, 0]
+        dy = cpos[..., 1] - qi[sel, None, 1]
+        key = torch.where(ok, (dx * dx + dy * dy) * n_db + c, torch.iinfo(torch.long).max)
+        enough = qcount[sel] >= k
+        if bool(enough.any()):
+            kk = min(k, width)
+            best = torch.topk(key[enough], kk, dim=1, largest=False, sorted=True).values
+            kth_d2 = best[:, -1] // n_db
+            g = gap[sel[enough]]
+            good = kth_d2 < g * g
+            rows_ok = sel[enough][good]
+            out[rows_ok] = best[good] % n_db
+            left.append(sel[enough][~good])
+        left.append(sel[~enough])
+        st += rows
+    return torch.cat(left) if left else qi.new_zeros(0)
+
+
 def _knn_grid_one(q: torch.Tensor, d: torch.Tensor, k: int) -> torch.Tensor | None:
     """Exact kNN for one image with integer positions; None if the database has duplicates."""
     n_db = d.shape[0]
@@ -85,7 +145,11 @@ def _knn_grid_one(q: torch.Tensor, d: torch.Tensor, k: int) -> torch.Tensor | No
         return None
     canvas = canvas.view(h, w)
     out = torch.empty((q.shape[0], k), dtype=torch.long, device=q.device)
-    pending = torch.arange(q.shape[0], device=q.device)
+    block_cost = (_BLOCK + 2 * r) ** 2 * n_db / (h * w)  # candidates per query, block pass
+    if block_cost < 0.5 * len(_disk_offsets(r, q.device)):  # sparse database: blocks win
+        pending = _knn_block_pass(qi, di, canvas, k, r, out)
+    else:
+        pending = torch.arange(q.shape[0], device=q.device)
     while pending.numel():
         # pad the canvas by r so every disk offset is a valid flat index (no bounds checks)
         kdt = torch.int32 if (r * r + 2) * n_db < 2**31 else torch.int64
