@@ -151,6 +151,9 @@ def _knn_grid_one(q: torch.Tensor, d: torch.Tensor, k: int) -> torch.Tensor | No
     else:
         pending = torch.arange(q.shape[0], device=q.device)
     while pending.numel():
+        if len(_disk_offsets(r, q.device)) > n_db:  # far from every token: scan them all
+            out[pending] = _knn_int_brute(qi[pending], di, k)
+            break
         # pad the canvas by r so every disk offset is a valid flat index (no bounds checks)
         kdt = torch.int32 if (r * r + 2) * n_db < 2**31 else torch.int64
         wp = w + 2 * r
