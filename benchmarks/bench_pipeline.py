@@ -123,14 +123,14 @@ def bench_a(work: Path, size: int) -> dict:
 
 
 # --------------------------------------------------------------------------- (b)
-def _rss_child(slide: str, out: str, workdir: str) -> None:
+def _rss_child(slide: str, out: str, workdir: str, task: str) -> None:
     import torch
 
     from tilesegcli.nn.simple import SimpleSegmenter
     from tilesegcli.pipeline import predict
 
     torch.set_num_threads(1)
-    [r] = predict(slide, segmenter=SimpleSegmenter(task="instance"), output=out, overwrite=True,
+    [r] = predict(slide, segmenter=SimpleSegmenter(task=task), output=out, overwrite=True,
                   batch_size=8, num_workers=2, workdir=workdir)
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"status": r.status, "error": r.error, "tiles_total": r.tiles_total,
@@ -138,19 +138,21 @@ def _rss_child(slide: str, out: str, workdir: str) -> None:
                       "peak_rss_mb": round(rss_kb / 1024, 1), "total_s": round(r.timings["total_s"], 1)}))
 
 
-def bench_b(work: Path) -> dict:
+def bench_b(work: Path, task: str) -> dict:
     res = {}
     for size in (10_000, 100_000):
         # identical tissue (absolute size and content) in both slides
         blobs = [(3000.0, 3000.0, 1500.0, 1000.0), (6500.0, 7000.0, 1200.0, 1400.0)]
         slide = make_slide(work / f"b_{size}.svs", size, blobs, mpp=0.5)
         cmd = [sys.executable, __file__, "--rss-child", str(slide), str(work / f"b_{size}.geojson"),
-               str(work / "stores_b")]
+               str(work / f"stores_b_{task}"), task]
         p = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if p.returncode != 0:
             raise RuntimeError(p.stderr[-2000:])
         res[size] = json.loads(p.stdout.strip().splitlines()[-1])
-    return {"10k": res[10_000], "100k": res[100_000],
+        if res[size]["status"] != "done":
+            raise RuntimeError(f"(b) run on {size} px failed: {res[size]['error']}")
+    return {"task": task, "10k": res[10_000], "100k": res[100_000],
             "rss_ratio_100k_over_10k": round(res[100_000]["peak_rss_mb"] / res[10_000]["peak_rss_mb"], 3)}
 
 
@@ -243,7 +245,8 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "tileseg-bench")
     ap.add_argument("--size-a", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=int(time.time()))
-    ap.add_argument("--rss-child", nargs=3)
+    ap.add_argument("--b-task", default="instance", help="simple net task for (b)")
+    ap.add_argument("--rss-child", nargs=4)
     ap.add_argument("--crash-child", nargs=4)
     a = ap.parse_args()
     if a.rss_child:
@@ -256,7 +259,7 @@ def main() -> None:
         report["a_overlap"] = bench_a(a.workdir, a.size_a)
         print(json.dumps({"a_overlap": report["a_overlap"]}), file=sys.stderr)
     if "b" in a.only:
-        report["b_memory"] = bench_b(a.workdir)
+        report["b_memory"] = bench_b(a.workdir, a.b_task)
         print(json.dumps({"b_memory": report["b_memory"]}), file=sys.stderr)
     if "c" in a.only:
         report["c_crash"] = bench_c(a.workdir, a.seed)
