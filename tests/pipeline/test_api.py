@@ -128,3 +128,20 @@ def test_streaming_merge_failure_leaves_no_output(slide_svs, tmp_path, tmp_lefto
     assert not (tmp_path / "f.geojson").exists() and tmp_leftovers(tmp_path) == []
     [r] = predict(slide_svs, segmenter=DarkThreshold("instance"), output=tmp_path / "f.geojson")
     assert r.status == "done" and 0 < r.tiles_computed < r.tiles_selected  # resumed
+
+
+def test_roi_restricts_tiles_and_enters_fingerprint(slide_svs, tmp_path):
+    roi = tmp_path / "roi.geojson"
+    roi.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {"objectType": "annotation"},
+        "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [600, 0], [600, 500], [0, 500], [0, 0]]]},
+    }]}))
+    seg = DarkThreshold("instance")
+    [full] = predict(slide_svs, segmenter=seg, output=tmp_path / "full.geojson", no_mask=True)
+    [part] = predict(slide_svs, segmenter=seg, output=tmp_path / "roi.geojson.out.geojson",
+                     roi=roi, no_mask=True, workdir=tmp_path / "w")
+    assert part.status == "done" and 0 < part.tiles_selected < full.tiles_selected
+    from tilesegcli.store import TileStore
+
+    fp = TileStore.open(part.store).meta["fingerprint"]
+    assert fp["mask"]["roi_sha256"] and "roi" in fp["mask"]["source"]
