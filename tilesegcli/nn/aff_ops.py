@@ -44,7 +44,7 @@ def rel_pos_features(
     if clamp is not None:
         d = d.clamp(-float(clamp), float(clamp))
     dx, dy = d[..., 0], d[..., 1]
-    r = torch.sqrt(dy * dy + dx * dx)
+    r = (dy**2 + dx**2) ** 0.5  # the official table's formula
     safe = torch.where(r > 0, r, torch.ones_like(r))
     zero = torch.zeros_like(r)
     sin = torch.where(r > 0, dy / safe, zero)
@@ -103,23 +103,26 @@ def _rel_rows(pos: torch.Tensor, key_idx: torch.Tensor, qpos: torch.Tensor, clam
     """Bias-table rows of every (query, key) pair plus the blank column, and the feature table.
 
     Row of a pair = (dy + r)(2r + 1) + (dx + r) for the offset d = p_key - p_query (clamped to
-    [-r, r]; r covers every pair unless the SEG clamp cuts it). `kinds` = (own (B,k,m,U,1), pad
-    (B,k,1,U,m)) marks a token's own clusters and padding slots; see AttentionPlan for the encoding.
+    [-r, r]; r covers every ordinary pair unless the SEG clamp cuts it). `kinds` = (own
+    (B,k,m,U,1), pad (B,k,1,U,m)) marks a token's own clusters and padding slots (see
+    AttentionPlan for the encoding). Padding slots point at token 0, possibly far away: the few
+    padding slots of a token's own clusters get exact extra table rows appended after the grid.
     """
     b, k, L = key_idx.shape
     m = qpos.shape[2]
-    kp = _flat_gather(pos, key_idx).float()  # (b, k, L, 2), exact integers
     qp = qpos.float()
-    # Largest offset within any block, from per-block bounding boxes (cheap, slightly generous).
+    kp = _flat_gather(pos, key_idx).float()  # (b, k, L, 2), exact integers
+    if kinds is not None:  # padding keys: measure the ordinary offsets only (block's own position)
+        own, pad = kinds
+        kp = torch.where(pad.reshape(b, k, L, 1), qp[:, :, :1], kp)
     span = torch.maximum(kp.amax(2) - qp.amin(2), qp.amax(2) - kp.amin(2))
     radius = int(span.max()) if span.numel() else 0
     needs_clamp = clamp is not None and radius > clamp
     if clamp is not None:
         radius = min(radius, clamp)
     width = 2 * radius + 1
-    t = width * width
+    table = rel_table(radius).to(pos.device)
     rows = torch.empty(b, k, m, L + 1, dtype=torch.int32, device=pos.device)
-    rows[..., L] = 2 * t  # blank key: zero bias
     body = rows[..., :L]
     if not needs_clamp:  # the row is linear in the positions: code(key) - code(query) + const
         kcode = (kp[..., 1] * width + kp[..., 0]).to(torch.int32)  # (b, k, L)
@@ -131,11 +134,22 @@ def _rel_rows(pos: torch.Tensor, key_idx: torch.Tensor, qpos: torch.Tensor, clam
             rel = (kp[:, s : s + step, None] - qp[:, s : s + step, :, None]).clamp(-radius, radius)
             body[:, s : s + step] = (rel[..., 1] + radius) * width + (rel[..., 0] + radius)
     if kinds is not None:
-        own, pad = kinds
-        body5 = body.unflatten(-1, (own.shape[3], pad.shape[4]))
-        body5.add_(pad.to(torch.int32) * t)  # padding slots -> the "-100" half of the table
-        body5.masked_fill_(~own, 2 * t + 1)  # not in the token's neighbourhood -> -inf
-    return rows, rel_table(radius).to(pos.device)
+        own_pad = (own & pad).reshape(b, k, m, L)
+        hit = own_pad.nonzero()
+        e = hit.shape[0]
+        if e:  # exact features of (query, token 0) for the padding slots of own clusters
+            p0 = pos[hit[:, 0], 0].float()
+            extra = rel_pos_features(qp[hit[:, 0], hit[:, 1], hit[:, 2]], p0, clamp, torch.float32)
+            table = torch.cat([table, extra])
+        t = table.shape[0]
+        if e:  # their rows live in the "-100" half of the bias table
+            body[own_pad] = 2 * t - e + torch.arange(e, device=pos.device, dtype=torch.int32)
+        outside = ~own.expand(-1, -1, -1, -1, pad.shape[4]).reshape(b, k, m, L)
+        body.masked_fill_(outside, 2 * t + 1)
+    else:
+        t = table.shape[0]
+    rows[..., L] = 2 * t  # blank key: zero bias
+    return rows, table
 
 
 def plan_clusters(pos: torch.Tensor, nearest: torch.Tensor, m: int, clamp: int | None) -> AttentionPlan:
@@ -191,7 +205,7 @@ def plan_attention(
 
     def table_of(t: torch.Tensor, blank: torch.Tensor) -> torch.Tensor:  # (b, n, h, ch) -> (h, b*(n+1), ch)
         t = torch.cat([t, blank.reshape(1, 1, h, ch).to(t.dtype).expand(b, 1, h, ch)], dim=1)
-        return t.permute(2, 0, 1, 3).reshape(h, b * (n + 1), ch)
+        return t.permute(2, 0, 1, 3).reshape(h, b * (n + 1), ch).contiguous()  # one copy per block
 
     keys = table_of(kv_h[:, :, :, 0], blank_k)
     vals = table_of(kv_h[:, :, :, 1], blank_v)
