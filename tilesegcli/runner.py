@@ -101,7 +101,10 @@ def run_tiles(
     read_errors: list[BaseException] = []  # tiles read before the failure still run
     errors: list[BaseException] = []  # writer/model failures: stop at once
     q_in: queue.Queue = queue.Queue(maxsize=max(2, num_workers + 1))
-    q_out: queue.Queue = queue.Queue(maxsize=1)  # small: a kill loses little finished work
+    q_out: queue.Queue = queue.Queue()
+    # At most one finished-but-unwritten batch at any time: the model's next batch is handed
+    # over only once the writer has stored the previous one, so a kill -9 loses <= 1 batch.
+    slot = threading.Semaphore(1)
 
     bar = None
     if progress:
@@ -141,10 +144,11 @@ def run_tiles(
                     stats.tiles += 1
                     if bar is not None:
                         bar.update(1)
+                slot.release()
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
             stop.set()
-            # keep draining so the main thread never blocks on a full queue
+            slot.release()  # never leave the main thread waiting for a dead writer
             while q_out.get() is not _END:
                 pass
 
@@ -157,7 +161,8 @@ def run_tiles(
     try:
         if pool is None:  # no background reading: read inline, same order
             for batch in batches:
-                _forward(segmenter, batch, np.stack([read_tile(t) for t in batch]), stats, q_out)
+                _forward(segmenter, batch, np.stack([read_tile(t) for t in batch]), stats, q_out,
+                         slot)
                 if errors:
                     break
         else:
@@ -171,7 +176,7 @@ def run_tiles(
                             break
                 if item is None or item is _END:
                     break
-                _forward(segmenter, item[0], item[1], stats, q_out)
+                _forward(segmenter, item[0], item[1], stats, q_out, slot)
                 if errors:
                     break
     finally:
@@ -204,6 +209,7 @@ def _forward(
     imgs: np.ndarray,
     stats: RunStats,
     q_out: queue.Queue,
+    slot: threading.Semaphore,
 ) -> None:
     t0 = time.perf_counter()
     results = segmenter.predict_batch(imgs)
@@ -215,4 +221,5 @@ def _forward(
         )
     stats.batches += 1
     stats.batch_sizes.append(len(batch))
+    slot.acquire()  # released by the writer when the previous batch is stored (or it died)
     q_out.put((batch, results))
