@@ -4,6 +4,8 @@
     $ python benchmarks/bench_model.py --backbones aff_mini --sizes 512 --threads 2
 
 Each (backbone, size) runs in its own subprocess so its peak RSS (ru_maxrss) is its own.
+Workers run with OMP_WAIT_POLICY=PASSIVE (``--omp-wait active`` to compare): on a shared machine
+spinning OpenMP threads wait on descheduled peers and inflate wall time several-fold.
 Model: backbone + ADE20K head (150 classes, 100 queries, official widths), random weights
 (timings do not depend on weight values; token counts are fixed by the input size).
 Anchor (issue 5, official code with torch gathers, AFF-Mini + ADE20K head, 2 threads):
@@ -64,6 +66,8 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", type=int, default=[512, 1024])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2, help="runs per config at 512 (1 at 1024)")
+    ap.add_argument("--omp-wait", choices=["passive", "active"], default="passive",
+                    help="OMP_WAIT_POLICY of the workers (default passive)")
     ap.add_argument("--worker", nargs=2, metavar=("BACKBONE", "SIZE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -73,14 +77,15 @@ def main() -> None:
         return
     import os
 
-    print(f"threads {a.threads}; load average at start {os.getloadavg()[0]:.1f} on "
+    env = {**os.environ, "OMP_WAIT_POLICY": a.omp_wait.upper()}
+    print(f"threads {a.threads}, OMP_WAIT_POLICY={a.omp_wait.upper()}; load average at start {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} cores (timings inflate when the machine is shared)")
     rows = []
     for bb in a.backbones:
         for s in a.sizes:
             cmd = [sys.executable, __file__, "--worker", bb, str(s), "--threads", str(a.threads),
                    "--repeats", str(a.repeats)]
-            p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            p = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
             if p.returncode != 0:
                 print(f"{bb} {s}: FAILED\n{p.stderr[-2000:]}", file=sys.stderr)
                 continue
