@@ -9,9 +9,14 @@ This module owns the discrete decisions of the backbone, each following the offi
   than its k-th neighbour); the remaining queries fall back to chunked brute force.
 * `space_filling_cluster`: the official serpentine-anchor balanced clustering (float32 arithmetic as
   the official code, stable sort), returning the permutation that groups each cluster's tokens.
-* `cluster_neighbourhood`: each token's neighbourhood = members of its nnc nearest cluster means.
+* `nearest_clusters`: each token's nnc nearest cluster means (= knn, found through candidate
+  clusters proposed by the token's own cluster, with an exactness bound); `cluster_neighbourhood`
+  expands them to member lists and padding masks (the plain form, used by tests and references).
+* `grid_prior` / `choose_centres`: the adaptive-downsampling grid prior (nearest-other-token
+  distance from an occupancy canvas) and the centre selection with reserve tokens.
 
 Nothing here keeps state between calls, and nothing needs gradients (all outputs are indices/masks).
+`knn` is usable by other point-cloud code (e.g. the pixel decoder) with the same tie rule.
 """
 
 from __future__ import annotations
