@@ -148,3 +148,19 @@ def test_tiny_input_runs() -> None:
     with torch.no_grad():
         out = model(torch.randn(1, 3, 32, 32))
     assert out["pred_masks"].shape == (1, 12, 8, 8) and torch.isfinite(out["pred_masks"]).all()
+
+
+def test_sampling_checkpoint_gives_same_gradients() -> None:
+    grads = []
+    for ckpt in (True, False):
+        torch.manual_seed(5)
+        head = _head()
+        for layer in head.pixel_decoder.transformer.encoder.layers:
+            layer.self_attn.checkpoint_sampling = ckpt
+        out = head(_tokens(5))
+        (out["pred_masks"].square().mean() + out["pred_logits"].square().mean()).backward()
+        attn = head.pixel_decoder.transformer.encoder.layers[0].self_attn
+        grads.append([attn.sampling_offsets.weight.grad.clone(), attn.shepard_power.grad.clone(),
+                      attn.value_proj.weight.grad.clone()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tilesegcli.nn.point_ops import (
     gather_rows,
@@ -84,6 +85,7 @@ class MSDeformAttnPc(nn.Module):
         self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
         self.value_proj = nn.Linear(d_model, d_model)
         self.output_proj = nn.Linear(d_model, d_model)
+        self.checkpoint_sampling = True  # recompute sampling in backward (training memory)
         self.shepard_power: nn.Parameter | float
         if shepard_power_learnable:
             self.shepard_power = nn.Parameter(shepard_power * torch.ones(1))
@@ -125,7 +127,6 @@ class MSDeformAttnPc(nn.Module):
         vtab = v.permute(0, 2, 1, 3).reshape(b * nh * n_tot, ch)
         row_base = (torch.arange(b * nh, device=v.device) * n_tot).view(b, 1, nh, 1, 1, 1)
         lvl_base = (torch.arange(nl, device=v.device) * (h * w)).view(1, 1, 1, nl, 1)
-        kk = nl * npt * 4
         outputs = []
         for q, pos in zip(queries, poss, strict=True):
             n = q.shape[1]
@@ -133,19 +134,39 @@ class MSDeformAttnPc(nn.Module):
             attn = F.softmax(self.attention_weights(q).view(b, n, nh, nl * npt), -1)
             attn = attn.view(b, n, nh, nl, npt)
             out = torch.empty((b, n, nh, ch), dtype=v.dtype, device=v.device)
+            ckpt = self.checkpoint_sampling and torch.is_grad_enabled()
             for s in range(0, n, _QUERY_CHUNK):
                 e = min(n, s + _QUERY_CHUNK)
-                loc = pos[:, s:e, None, None, None, :] + offs[:, s:e]  # b m nh nl np 2
-                cell = loc.round().long()
-                gidx = cell[..., 0].clamp(0, w - 1) + cell[..., 1].clamp(0, h - 1) * w + lvl_base
-                tok = gather_rows(table.tok, gidx)  # b m nh nl np 4
-                nb_pos = gather_rows(table.pos, gidx).unflatten(-1, (4, 2))
-                wt = shepard_weights(loc, nb_pos, self.shepard_power) * attn[:, s:e, ..., None]
-                res = F.embedding_bag((tok + row_base).reshape(-1, kk), vtab,
-                                      per_sample_weights=wt.reshape(-1, kk), mode="sum")
+                args = (pos[:, s:e], offs[:, s:e], attn[:, s:e], vtab, table, row_base, lvl_base)
+                if ckpt:  # training: keep only the inputs, recompute the sampling in backward
+                    res = checkpoint(self._sample, *args, use_reentrant=False)
+                else:
+                    res = self._sample(*args)
                 out[:, s:e] = res.view(b, e - s, nh, ch)
             outputs.append(self.output_proj(out.reshape(b, n, c)))
         return outputs
+
+    def _sample(
+        self,
+        pos: torch.Tensor,
+        offs: torch.Tensor,
+        attn: torch.Tensor,
+        vtab: torch.Tensor,
+        table: SamplingTable,
+        row_base: torch.Tensor,
+        lvl_base: torch.Tensor,
+    ) -> torch.Tensor:
+        """sum over levels/points/4 neighbours of attention x Shepard weight x value, per head."""
+        h, w = table.canvas_hw
+        kk = self.n_levels * self.n_points * 4
+        loc = pos[:, :, None, None, None, :] + offs  # b m nh nl np 2
+        cell = loc.round().long()
+        gidx = cell[..., 0].clamp(0, w - 1) + cell[..., 1].clamp(0, h - 1) * w + lvl_base
+        tok = gather_rows(table.tok, gidx)  # b m nh nl np 4
+        nb_pos = gather_rows(table.pos, gidx).unflatten(-1, (4, 2))
+        wt = shepard_weights(loc, nb_pos, self.shepard_power) * attn[..., None]
+        return F.embedding_bag((tok + row_base).reshape(-1, kk), vtab,
+                               per_sample_weights=wt.reshape(-1, kk), mode="sum")
 
 
 class MSDeformAttnEncoderLayerPc(nn.Module):
