@@ -63,13 +63,17 @@ HEAD_PRESETS: dict[str, dict[str, Any]] = {
     "ade20k_semantic": {**_HEAD_COMMON, "num_classes": 150, "alpha": 4.0},
     "cityscapes_instance": {**_HEAD_COMMON, "num_classes": 8, "alpha": 8.0},
     "cityscapes_panoptic": {**_HEAD_COMMON, "num_classes": 19, "alpha": 8.0},
+    # AFF-Base (aff_base_22kto1k_384) Cityscapes configs use 250 queries / detections
+    "cityscapes_instance_base": {**_HEAD_COMMON, "num_classes": 8, "alpha": 8.0,
+                                 "num_queries": 250},
+    "cityscapes_panoptic_base": {**_HEAD_COMMON, "num_classes": 19, "alpha": 8.0,
+                                 "num_queries": 250},
     "coco_instance": {**_HEAD_COMMON, "num_classes": 80, "alpha": 4.0,
                       "shepard_power": 4.0, "shepard_power_learnable": False},
     "fixture": dict(num_classes=3, num_queries=12, hidden_dim=32, conv_dim=32, mask_dim=32,
                     nheads=2, dim_feedforward=64, enc_layers=2, dec_layers=4,
                     shepard_power=6.0, shepard_power_learnable=True, alpha=4.0),
 }
-# Cityscapes AFF-Base uses 250 queries (and 250 detections per image).
 
 
 class AFFMask2FormerHead(nn.Module):
