@@ -164,3 +164,16 @@ def test_sampling_checkpoint_gives_same_gradients() -> None:
                       attn.value_proj.weight.grad.clone()])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_official_mini_ade20k_parameter_counts() -> None:
+    """AFF-REFERENCE §4: SEG AFF-Mini/ADE20K has 6.37M backbone + 19.43M head parameters."""
+    from tilesegcli.nn.aff_m2f import build_aff_m2f_preset
+
+    m = build_aff_m2f_preset("aff_mini", "ade20k_semantic")
+    nb = sum(p.numel() for p in m.backbone.parameters())
+    nh = sum(p.numel() for p in m.sem_seg_head.parameters())
+    assert round(nb / 1e6, 2) == 6.37 and round(nh / 1e6, 2) == 19.43
+    assert m.sem_seg_head.predictor.class_embed.out_features == 151
+    coco = build_aff_m2f_preset("aff_mini", "coco_instance")
+    assert not any("shepard_power" in k for k in coco.state_dict())
