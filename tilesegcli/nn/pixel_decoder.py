@@ -125,7 +125,7 @@ class MSDeformAttnPc(nn.Module):
         # value rows: (b * nh + head) * n_tot + token (tokens of all levels concatenated)
         v = self.value_proj(torch.cat(values, dim=1)).view(b, n_tot, nh, ch)
         vtab = v.permute(0, 2, 1, 3).reshape(b * nh * n_tot, ch)
-        row_base = (torch.arange(b * nh, device=v.device) * n_tot).view(b, 1, nh, 1, 1, 1)
+        row_base = (torch.arange(b * nh, device=v.device) * n_tot).view(b, nh, 1, 1, 1, 1)
         lvl_base = (torch.arange(nl, device=v.device) * (h * w)).view(1, 1, 1, nl, 1)
         outputs = []
         for q, pos in zip(queries, poss, strict=True):
@@ -142,7 +142,7 @@ class MSDeformAttnPc(nn.Module):
                     res = checkpoint(self._sample, *args, use_reentrant=False)
                 else:
                     res = self._sample(*args)
-                out[:, s:e] = res.view(b, e - s, nh, ch)
+                out[:, s:e] = res.view(b, nh, e - s, ch).transpose(1, 2)
             outputs.append(self.output_proj(out.reshape(b, n, c)))
         return outputs
 
@@ -159,10 +159,13 @@ class MSDeformAttnPc(nn.Module):
         """sum over levels/points/4 neighbours of attention x Shepard weight x value, per head."""
         h, w = table.canvas_hw
         kk = self.n_levels * self.n_points * 4
-        loc = pos[:, :, None, None, None, :] + offs  # b m nh nl np 2
+        # head-major (b, nh, m, ...): consecutive bags read one head's value rows (cache locality)
+        offs = offs.transpose(1, 2).contiguous()
+        attn = attn.transpose(1, 2).contiguous()
+        loc = pos[:, None, :, None, None, :] + offs  # b nh m nl np 2
         cell = loc.round().long()
         gidx = cell[..., 0].clamp(0, w - 1) + cell[..., 1].clamp(0, h - 1) * w + lvl_base
-        tok = gather_rows(table.tok, gidx)  # b m nh nl np 4
+        tok = gather_rows(table.tok, gidx)  # b nh m nl np 4
         nb_pos = gather_rows(table.pos, gidx).unflatten(-1, (4, 2))
         wt = shepard_weights(loc, nb_pos, self.shepard_power) * attn[..., None]
         return F.embedding_bag((tok + row_base).reshape(-1, kk), vtab,
