@@ -105,31 +105,30 @@ def instance_inference(
     """Mask2Former instance inference, painted into one label image (highest score wins)."""
     qidx, classes, cls_scores = instance_candidates(pred_logits, topk)
     qs = torch.unique(qidx)
-    # mask score per distinct query: mean sigmoid inside (logit > 0)
+    slot = torch.zeros(pred_masks.shape[0], dtype=torch.long)
+    slot[qs] = torch.arange(len(qs))
+    # per distinct query: foreground (logit > 0) at output size, kept as bool, and mask score =
+    # mean sigmoid inside the foreground
     mask_score = torch.zeros(pred_masks.shape[0])
-    hw = None
+    fg_all: torch.Tensor | None = None
     for s, e in _chunks(len(qs)):
         m = upsample_masks(pred_masks[qs[s:e]], input_hw, output_hw)
-        hw = m.shape[-2:]
-        fg = (m > 0).float().flatten(1)
-        mask_score[qs[s:e]] = (m.sigmoid().flatten(1) * fg).sum(1) / (fg.sum(1) + 1e-6)
-    if hw is None:
-        hw = tuple(output_hw or input_hw)
+        fg = m > 0
+        if fg_all is None:
+            fg_all = torch.empty((len(qs), *m.shape[-2:]), dtype=torch.bool)
+        fg_all[s:e] = fg
+        fgf = fg.flatten(1)
+        mask_score[qs[s:e]] = (m.sigmoid().flatten(1) * fgf).sum(1) / (fgf.sum(1) + 1e-6)
+    hw = tuple(fg_all.shape[-2:]) if fg_all is not None else tuple(output_hw or input_hw)
     scores = cls_scores * mask_score[qidx]
     order = torch.argsort(scores, descending=True, stable=True)
     order = order[scores[order] > score_threshold]
     qidx, classes, scores = qidx[order], classes[order], scores[order]
-    # paint from the highest score down; a pixel keeps the first (best) instance covering it
+    # a pixel belongs to the highest-scored instance covering it: paint from the lowest score up
     labels = torch.zeros(hw, dtype=torch.int32)
-    cache: dict[int, torch.Tensor] = {}
-    for i in range(len(order)):
-        qi = int(qidx[i])
-        if qi not in cache:
-            if len(cache) >= _CHUNK:
-                cache.clear()
-            cache[qi] = upsample_masks(pred_masks[qi : qi + 1], input_hw, output_hw)[0] > 0
-        free = cache[qi] & (labels == 0)
-        labels[free] = i + 1
+    if fg_all is not None:
+        for i in range(len(order) - 1, -1, -1):
+            labels.masked_fill_(fg_all[slot[qidx[i]]], i + 1)
     present = torch.zeros(len(order) + 1, dtype=torch.bool)
     present[labels.flatten().long()] = True
     keep = present[1:]
