@@ -29,7 +29,7 @@ difference). Score = mean winning probability over the region's pixels.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,11 @@ if TYPE_CHECKING:
 
     from tilesegcli.segmenter import ClassInfo, TileResult
     from tilesegcli.specs import GridSpec, TileSpec
+
+Segment = tuple[int, np.ndarray, np.ndarray]  # (x0, class or id row/band, uint8 probability)
+Band = tuple[int, int, list[Segment]]  # (y0, height, column segments holding every non-0 pixel)
+_CHUNK_PX = 1 << 20  # pixels per bincount call in _region_sums
+_BLEND_BLOCK_PX = 2048  # column block of the linear-blend canvases
 
 
 @dataclass
@@ -61,8 +66,7 @@ class _BandMerger:
         self.min_area_px = min_area_px
         self.simplify_px = simplify_px
         self.open: dict[int, _Region] = {}
-        self.prev_ids: np.ndarray | None = None  # region id per column of the previous band's last row
-        self.prev_cls: np.ndarray | None = None
+        self.prev_bottom: list[Segment] = []  # previous band's last row: (x0, open region ids, classes)
         self.prev_end = -1
         self.next_id = 1
 
@@ -89,42 +93,54 @@ class _BandMerger:
     def flush_all(self) -> Iterator[StitchedObject]:
         regs = list(self.open.values())
         self.open.clear()
-        self.prev_ids = self.prev_cls = None
+        self.prev_bottom = []
         for reg in regs:
             obj = self._finish(reg)
             if obj is not None:
                 yield obj
 
-    def band(self, y0: int, cls: np.ndarray, prob: np.ndarray) -> Iterator[StitchedObject]:
-        """Process one band (rows y0 .. y0+len(cls)) and yield the regions it finishes."""
-        from scipy import ndimage
-
+    def band(self, y0: int, height: int, segments: Sequence[Segment]) -> Iterator[StitchedObject]:
+        """Process one band (rows y0 .. y0+height) given as column segments (x0, cls, prob) that
+        hold every non-background pixel (columns outside them are class 0); yield the regions
+        the band finishes."""
         if self.prev_end != y0:
             yield from self.flush_all()
-        comp = np.zeros(cls.shape, dtype=np.int32)
-        comp_cls: list[int] = [0]
-        n_total = 0
-        for c in np.unique(cls):
-            if c == 0:
+        self.prev_end = y0 + height
+        bottom_open = self.prev_end < self.grid.height
+        new: dict[int, _Region] = {}
+        links: list[np.ndarray] = []  # (2, k) pairs (open id above, new id) to join
+        touching: set[int] = set()
+        bottom: list[Segment] = []  # next band's view of this band's last row: (x0, ids, cls)
+        for x0, cls, prob in segments:
+            comp, comp_cls = _label_classes(cls)
+            n = len(comp_cls) - 1
+            if n == 0:
                 continue
-            lab, n = ndimage.label(cls == c)
-            sel = lab > 0
-            comp[sel] = lab[sel] + n_total
-            comp_cls.extend([int(c)] * n)
-            n_total += n
-        self.prev_end = y0 + cls.shape[0]
-        if n_total == 0:
+            base = self.next_id - 1
+            self.next_id += n
+            counts, sums = _region_sums(comp, prob, n)
+            for k, g in labels_to_geometries(comp, offset=(x0, y0)).items():
+                new[base + k] = _Region(comp_cls[k], [g], float(sums[k]) / 255.0, int(counts[k]))
+            top = comp[0].astype(np.int64)
+            for px0, pids, pcls in self.prev_bottom:  # join with the open regions right above
+                a, b = max(x0, px0), min(x0 + cls.shape[1], px0 + len(pids))
+                if a >= b:
+                    continue
+                t, c = top[a - x0 : b - x0], cls[0, a - x0 : b - x0]
+                p, pc = pids[a - px0 : b - px0], pcls[a - px0 : b - px0]
+                link = (p > 0) & (t > 0) & (pc == c)
+                if link.any():
+                    links.append(np.stack([p[link], t[link] + base]))
+            if bottom_open:
+                last = comp[-1].astype(np.int64)
+                ids = np.where(last > 0, last + base, 0)
+                if ids.any():
+                    touching.update(np.unique(ids[ids > 0]).tolist())
+                    bottom.append((x0, ids, cls[-1].copy()))
+            del comp, top
+        if not new:
             yield from self.flush_all()
             return
-        counts = np.bincount(comp.ravel(), minlength=n_total + 1)
-        sums = np.bincount(comp.ravel(), weights=prob.ravel().astype(np.float64), minlength=n_total + 1)
-        geoms = labels_to_geometries(comp, offset=(0, y0))
-        base = self.next_id - 1
-        self.next_id += n_total
-        new: dict[int, _Region] = {}
-        for k, g in geoms.items():
-            new[base + k] = _Region(comp_cls[k], [g], float(sums[k]) / 255.0, int(counts[k]))
-        # join with the open regions right above (same class, 4-adjacent across the band edge)
         parent = {rid: rid for rid in (*self.open, *new)}
 
         def find(u: int) -> int:
@@ -133,18 +149,12 @@ class _BandMerger:
                 u = parent[u]
             return u
 
-        if self.prev_ids is not None:
-            top = comp[0]
-            link = (self.prev_ids > 0) & (top > 0) & (self.prev_cls == cls[0])
-            if link.any():
-                pairs = np.unique(np.stack([self.prev_ids[link], top[link].astype(np.int64) + base]), axis=1)
-                for a, b in pairs.T:
-                    ra, rb = find(int(a)), find(int(b))
-                    if ra != rb:
-                        parent[max(ra, rb)] = min(ra, rb)
-        bottom_open = self.prev_end < self.grid.height
-        last = comp[-1].astype(np.int64)
-        touching = set((np.unique(last[last > 0]) + base).tolist()) if bottom_open else set()
+        if links:
+            pairs = np.unique(np.concatenate(links, axis=1), axis=1)
+            for a, b in pairs.T:
+                ra, rb = find(int(a)), find(int(b))
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
         groups: dict[int, list[int]] = {}
         for rid in parent:
             groups.setdefault(find(rid), []).append(rid)
@@ -172,64 +182,115 @@ class _BandMerger:
                 obj = self._finish(merged)
                 if obj is not None:
                     yield obj
-        if bottom_open:
-            ids = np.where(last > 0, last + base, 0)
-            self.prev_ids = np.array([find(int(v)) if v else 0 for v in ids], dtype=np.int64) \
-                if len(ids) < 4096 else _map_roots(ids, find)
-            self.prev_cls = cls[-1].copy()
+        self.prev_bottom = [(x0, _map_roots(ids, find), c) for x0, ids, c in bottom]
         self.stats.pending_peak = max(self.stats.pending_peak, len(self.open))
 
 
-def _map_roots(ids: np.ndarray, find: object) -> np.ndarray:
+def _label_classes(cls: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """4-connected components of every non-zero class: int32 ids 1..n (0 = background) and the
+    class of each id (index 0 unused)."""
+    from scipy import ndimage
+
+    comp = np.zeros(cls.shape, dtype=np.int32)
+    comp_cls: list[int] = [0]
+    for c in np.unique(cls):
+        if c == 0:
+            continue
+        lab, n = ndimage.label(cls == c)
+        np.add(lab, len(comp_cls) - 1, out=comp, where=lab > 0)
+        del lab
+        comp_cls.extend([int(c)] * n)
+    return comp, comp_cls
+
+
+def _region_sums(comp: np.ndarray, prob: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel count and uint8-probability sum per component id, in row chunks (bincount casts
+    ids and weights to 8-byte types: a whole-band call would copy the band twice at 8 B/px)."""
+    counts = np.zeros(n + 1, np.int64)
+    sums = np.zeros(n + 1, np.float64)  # integer-valued: exact, independent of the chunking
+    step = max(1, _CHUNK_PX // max(comp.shape[1], 1))
+    for r in range(0, comp.shape[0], step):
+        ids = comp[r : r + step].ravel()
+        counts += np.bincount(ids, minlength=n + 1)
+        sums += np.bincount(ids, weights=prob[r : r + step].ravel(), minlength=n + 1)
+    return counts, sums
+
+
+def _map_roots(ids: np.ndarray, find: Callable[[int], int]) -> np.ndarray:
     uniq, inv = np.unique(ids, return_inverse=True)
-    roots = np.array([find(int(v)) if v else 0 for v in uniq], dtype=np.int64)  # type: ignore[operator]
+    roots = np.array([find(int(v)) if v else 0 for v in uniq], dtype=np.int64)
     return roots[inv]
 
 
+def _segments(pieces: list[Segment]) -> list[Segment]:
+    """Column pieces (x0, cls, prob) of one band, sorted by x0 and not overlapping -> maximal runs
+    of adjacent pieces joined into one segment; pieces that are all background are dropped (they
+    equal a missing tile)."""
+    runs: list[list[Segment]] = []
+    end = -1
+    for piece in sorted((p for p in pieces if p[1].any()), key=lambda p: p[0]):
+        if runs and piece[0] == end:
+            runs[-1].append(piece)
+        else:
+            runs.append([piece])
+        end = piece[0] + piece[1].shape[1]
+    out: list[Segment] = []
+    for run in runs:
+        if len(run) == 1:
+            out.append(run[0])
+        else:
+            out.append((run[0][0], np.concatenate([p[1] for p in run], axis=1),
+                        np.concatenate([p[2] for p in run], axis=1)))
+    return out
+
+
 class _CropBands:
-    """Core crops: each tile's argmax over its core, one row band of cores at a time."""
+    """Core crops: each tile's argmax over its core, one row band of cores at a time. Only the
+    tiles that ran hold memory (their core crops, 2 bytes/px); adjacent cores are joined into
+    column segments when the band is emitted."""
 
     def __init__(self, grid: GridSpec, n_classes: int) -> None:
         self.grid = grid
         self.dtype = np.uint8 if n_classes <= 256 else np.uint16
         self.row = -1
-        self.y0 = 0
-        self.cls: np.ndarray | None = None
-        self.prob: np.ndarray | None = None
+        self.y0 = self.y1 = 0
+        self.pieces: list[Segment] = []
 
-    def _band(self) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        if self.cls is None or self.prob is None:
+    def _band(self) -> list[Band]:
+        if self.row < 0:
             return []
-        return [(self.y0, self.cls, self.prob)]
+        pieces, self.pieces = self.pieces, []
+        return [(self.y0, self.y1 - self.y0, _segments(pieces))]
 
-    def add(self, spec: TileSpec, probs: np.ndarray | None) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        out: list[tuple[int, np.ndarray, np.ndarray]] = []
+    def add(self, spec: TileSpec, probs: np.ndarray | None) -> list[Band]:
+        out: list[Band] = []
         if spec.row != self.row:
             out = self._band()
             self.row = spec.row
-            self.y0, y1 = spec.core[1], spec.core[3]
-            self.cls = np.zeros((y1 - self.y0, self.grid.width), dtype=self.dtype)
-            self.prob = np.zeros((y1 - self.y0, self.grid.width), dtype=np.uint8)
-        if probs is None or self.cls is None or self.prob is None:
+            self.y0, self.y1 = spec.core[1], spec.core[3]
+        if probs is None:
             return out
         cx0, cy0, cx1, cy1 = spec.core
         crop = probs[:, cy0 - spec.y : cy1 - spec.y, cx0 - spec.x : cx1 - spec.x]
-        self.cls[:, cx0:cx1] = np.argmax(crop, axis=0)
-        self.prob[:, cx0:cx1] = np.clip(np.rint(crop.max(axis=0) * 255.0), 0, 255)
+        cls = np.argmax(crop, axis=0).astype(self.dtype)
+        if cls.any():
+            prob = np.clip(np.rint(crop.max(axis=0) * 255.0), 0, 255).astype(np.uint8)
+            self.pieces.append((cx0, cls, prob))
         return out
 
-    def finish(self) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    def finish(self) -> list[Band]:
         out = self._band()
-        self.cls = self.prob = None
+        self.row = -1
         return out
 
 
 class _BlendBands:
     """Linear blending: probabilities weighted by a ramp that rises over the overlap from each
-    window border, summed over every tile covering a pixel (argmax of the weighted sum). Holds a
-    float32 canvas of C x tile_px x width for the current tile row."""
+    window border, summed over every tile covering a pixel (argmax of the weighted sum). For the
+    current tile row it holds float32 canvases of C x tile_px x ``block`` px, only for the column
+    blocks some tile touched."""
 
-    def __init__(self, grid: GridSpec, n_classes: int) -> None:
+    def __init__(self, grid: GridSpec, n_classes: int, block: int | None = None) -> None:
         self.grid = grid
         self.C = n_classes
         t, o = grid.tile_px, grid.overlap_px
@@ -237,50 +298,67 @@ class _BlendBands:
         ramp = np.minimum(d + 1.0, o + 1.0) / (o + 1.0)
         self.weight = np.minimum(ramp[:, None], ramp[None, :])
         self.dtype = np.uint8 if n_classes <= 256 else np.uint16
-        self.y0 = 0
-        self.acc: np.ndarray | None = None
-        self.wsum: np.ndarray | None = None
+        self.block = block or _BLEND_BLOCK_PX
+        self.y0 = self.h = 0
+        self.blocks: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # block index -> (acc, wsum)
         self.row = -1
 
-    def _emit(self, y_end: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        if self.acc is None or self.wsum is None or y_end <= self.y0:
+    def _get(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        blk = self.blocks.get(b)
+        if blk is None:
+            w = min(self.block, self.grid.width - b * self.block)
+            blk = self.blocks[b] = (np.zeros((self.C, self.h, w), np.float32), np.zeros((self.h, w), np.float32))
+        return blk
+
+    def _emit(self, y_end: int) -> list[Band]:
+        if self.row < 0 or y_end <= self.y0:
             return []
         k = y_end - self.y0
-        acc, ws = self.acc[:, :k], self.wsum[:k]
-        cls = np.argmax(acc, axis=0).astype(self.dtype)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            p = np.where(ws > 0, acc.max(axis=0) / ws, 0.0)
-        return [(self.y0, cls, np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8))]
+        pieces: list[Segment] = []
+        for b, (acc_b, ws_b) in sorted(self.blocks.items()):
+            acc, ws = acc_b[:, :k], ws_b[:k]
+            cls = np.argmax(acc, axis=0).astype(self.dtype)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                p = np.where(ws > 0, acc.max(axis=0) / ws, 0.0)
+            pieces.append((b * self.block, cls, np.clip(np.rint(p * 255.0), 0, 255).astype(np.uint8)))
+        return [(self.y0, k, _segments(pieces))]
 
-    def add(self, spec: TileSpec, probs: np.ndarray | None) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    def add(self, spec: TileSpec, probs: np.ndarray | None) -> list[Band]:
         g = self.grid
-        out: list[tuple[int, np.ndarray, np.ndarray]] = []
+        out: list[Band] = []
         if spec.row != self.row:
             new_y = spec.y
             new_h = min(g.tile_px, g.height - new_y)
-            acc = np.zeros((self.C, new_h, g.width), np.float32)
-            wsum = np.zeros((new_h, g.width), np.float32)
-            if self.acc is not None and self.wsum is not None:
-                end = self.y0 + self.acc.shape[1]
-                out = self._emit(min(new_y, end))
-                if end > new_y:  # rows shared with the new tile row carry over
-                    acc[:, : end - new_y] = self.acc[:, new_y - self.y0 :]
-                    wsum[: end - new_y] = self.wsum[new_y - self.y0 :]
-            self.acc, self.wsum, self.y0, self.row = acc, wsum, new_y, spec.row
-        if probs is None or self.acc is None or self.wsum is None:
+            old, end = self.blocks, self.y0 + self.h
+            out = self._emit(min(new_y, end))
+            self.blocks = {}
+            if self.row >= 0 and end > new_y:  # rows shared with the new tile row carry over
+                keep, y_old = end - new_y, new_y - self.y0
+                for b, (acc, wsum) in old.items():
+                    a2 = np.zeros((self.C, new_h, acc.shape[2]), np.float32)
+                    w2 = np.zeros((new_h, acc.shape[2]), np.float32)
+                    a2[:, :keep] = acc[:, y_old:]
+                    w2[:keep] = wsum[y_old:]
+                    self.blocks[b] = (a2, w2)
+            del old
+            self.y0, self.h, self.row = new_y, new_h, spec.row
+        if probs is None:
             return out
         h = min(spec.h, g.height - spec.y)
         w = min(spec.w, g.width - spec.x)
         wt = self.weight[:h, :w]
-        self.acc[:, spec.y - self.y0 : spec.y - self.y0 + h, spec.x : spec.x + w] += probs[:, :h, :w] * wt
-        self.wsum[spec.y - self.y0 : spec.y - self.y0 + h, spec.x : spec.x + w] += wt
+        ys = slice(spec.y - self.y0, spec.y - self.y0 + h)
+        for b in range(spec.x // self.block, (spec.x + w - 1) // self.block + 1):
+            acc, wsum = self._get(b)
+            a, e = max(spec.x, b * self.block), min(spec.x + w, (b + 1) * self.block)
+            bs, ts = slice(a - b * self.block, e - b * self.block), slice(a - spec.x, e - spec.x)
+            acc[:, ys, bs] += probs[:, :h, ts] * wt[:, ts]
+            wsum[ys, bs] += wt[:, ts]
         return out
 
-    def finish(self) -> list[tuple[int, np.ndarray, np.ndarray]]:
-        if self.acc is None:
-            return []
-        out = self._emit(self.y0 + self.acc.shape[1])
-        self.acc = self.wsum = None
+    def finish(self) -> list[Band]:
+        out = self._emit(self.y0 + self.h)
+        self.blocks, self.row = {}, -1
         return out
 
 
@@ -312,8 +390,8 @@ def stitch_semantic(
         probs = None if res.semantic is None else np.asarray(res.semantic)
         if probs is not None and probs.shape[0] != len(classes):
             raise ValueError(f"tile has {probs.shape[0]} semantic channels, expected {len(classes)}")
-        for y0, cls, prob in bands.add(spec, probs):
-            yield from merger.band(y0, cls, prob)
-    for y0, cls, prob in bands.finish():
-        yield from merger.band(y0, cls, prob)
+        for y0, h, segments in bands.add(spec, probs):
+            yield from merger.band(y0, h, segments)
+    for y0, h, segments in bands.finish():
+        yield from merger.band(y0, h, segments)
     yield from merger.flush_all()
