@@ -2,6 +2,8 @@
 
 On an exception or ``abort()`` the temp file is removed, so nothing complete-looking remains (a
 killed process leaves only ``<name>.tmp-<pid>-<hex>``). ``-`` writes to stdout (not atomic).
+``CommitOnExit`` gives every writer the same context-manager rule: ``close()`` (commit) on a clean
+exit, ``abort()`` on an exception.
 """
 
 from __future__ import annotations
@@ -12,9 +14,29 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import IO
+from typing import IO, Self
 
 from tilesegcli.errors import OutputError
+
+
+class CommitOnExit:
+    """Mixin for writers with ``close()`` (commit) and ``abort()``: ``with`` commits on success and
+    aborts on any exception, so a failed run leaves no complete-looking output."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
 
 
 class AtomicOutput:

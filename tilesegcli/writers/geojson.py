@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tilesegcli.errors import UsageError
-from tilesegcli.writers.atomic import AtomicOutput
+from tilesegcli.writers.atomic import AtomicOutput, CommitOnExit
 
 if TYPE_CHECKING:
     from tilesegcli.segmenter import ClassInfo
@@ -84,7 +84,7 @@ def _to_wgs84(obj: StitchedObject, src_crs: str) -> StitchedObject:
     return dataclasses.replace(obj, geometry=shapely.transform(obj.geometry, fn))
 
 
-class FeatureWriter:
+class FeatureWriter(CommitOnExit):
     """Write ``StitchedObject`` s as GeoJSON features; use as a context manager.
 
     With ``transform`` (an ``OutputTransform``) objects are taken in working px and mapped (and
@@ -179,15 +179,6 @@ class FeatureWriter:
 
     def abort(self) -> None:
         self.sink.abort()
-
-    def __enter__(self) -> FeatureWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def open_writer(

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tilesegcli.errors import OutputError
+from tilesegcli.writers.atomic import CommitOnExit
 
 if TYPE_CHECKING:
     from shapely.geometry.base import BaseGeometry
@@ -52,7 +53,7 @@ def _rasterize(items: list[tuple[BaseGeometry, int]], shape: tuple[int, int], x0
                      dtype=dtype, out=out)
 
 
-class LabelsWriter:
+class LabelsWriter(CommitOnExit):
     def __init__(
         self,
         path: str | Path,
@@ -229,15 +230,6 @@ class LabelsWriter:
     def abort(self) -> None:
         self.closed = True
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def __enter__(self) -> LabelsWriter:
-        return self
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def open_labels_writer(
