@@ -9,6 +9,11 @@ mode RSS must not grow with the object count.
 
     /work/venv/bin/python benchmarks/bench_stitch.py [--objects 1000000] [--format geojsonseq]
 
+``--vs-model`` measures, in one run, stitch + vectorize + write time per tile against the forward
+time per tile of the realistic model (the aff-nuclei card: AFF-Mini + Mask2Former, 192 px tiles,
+64 px overlap, random weights, 1 thread) on dense synthetic nuclei (jittered lattice at MoNuSeg's
+densest spacing, radii 3-8 px), and prints the ratio (issue 3: stitching <= 10 % of model time).
+
 ``--semantic`` instead measures (1) the choice core crops vs. linear blending on a synthetic model
 whose probabilities get noisier towards the tile border (missing context), as pixel error against
 the truth, and (2) ``stitch_semantic`` throughput (megapixels/s) and RSS on a large class map.
@@ -98,6 +103,105 @@ def semantic(size: int, tile: int, overlap: int) -> None:
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
+def nuclei_tiles(grid, spacing: float, seed: int) -> tuple[list, np.ndarray]:  # noqa: ANN001
+    """Instance label tiles of a dense jittered lattice of non-overlapping ellipses (one id per
+    nucleus, global ids renumbered per tile) and the matching RGB tiles (purple on pink)."""
+    from tilesegcli.segmenter import TileResult
+    from tilesegcli.tiling import iter_tiles
+
+    rng = np.random.default_rng(seed)
+    ny, nx = int(np.ceil(grid.height / spacing)), int(np.ceil(grid.width / spacing))
+    r_max = spacing / 2 - 2.5
+    ra = rng.uniform(3.0, r_max, (ny, nx))
+    rb = rng.uniform(3.0, r_max, (ny, nx))
+    jx, jy = rng.uniform(-2, 2, (ny, nx)), rng.uniform(-2, 2, (ny, nx))
+    score = rng.uniform(0.5, 1.0, ny * nx).astype(np.float32)
+    out, rgb = [], []
+    for spec in iter_tiles(grid):
+        ys = spec.y + np.arange(spec.h) + 0.5
+        xs = spec.x + np.arange(spec.w) + 0.5
+        gy, gx = np.minimum(ys // spacing, ny - 1).astype(int), np.minimum(xs // spacing, nx - 1).astype(int)
+        cy = (gy[:, None] + 0.5) * spacing + jy[gy[:, None], gx[None, :]]
+        cx = (gx[None, :] + 0.5) * spacing + jx[gy[:, None], gx[None, :]]
+        inside = ((xs[None, :] - cx) / ra[gy[:, None], gx[None, :]]) ** 2 + \
+            ((ys[:, None] - cy) / rb[gy[:, None], gx[None, :]]) ** 2 <= 1.0
+        inside &= (ys < grid.height)[:, None] & (xs < grid.width)[None, :]
+        gid = np.where(inside, gy[:, None] * nx + gx[None, :] + 1, 0)
+        ids, inv = np.unique(gid, return_inverse=True)
+        labels = inv.reshape(gid.shape).astype(np.int32)
+        if ids[0] != 0:
+            labels += 1
+            ids = np.concatenate([[0], ids])
+        fg = ids[1:] - 1
+        out.append((spec, TileResult(labels=labels, instance_classes=np.ones(len(fg), np.int64),
+                                     instance_scores=score[fg])))
+        img = np.empty((spec.h, spec.w, 3), np.uint8)
+        img[:] = (230, 150, 190)
+        img[inside] = (110, 60, 160)
+        rgb.append(img)
+    return out, np.stack(rgb)
+
+
+def vs_model(n_side: int, batch: int, reps: int) -> None:
+    import torch
+
+    from tilesegcli.nn.segmenter import AFFSegmenter, build_model
+    from tilesegcli.specs import LevelInfo, SlideInfo
+    from tilesegcli.stitching import StitchStats, stitch_instances
+    from tilesegcli.tiling import make_grid
+    from tilesegcli.writers import open_writer
+    from tilesegcli.zoo import load_card
+
+    torch.set_num_threads(1)
+    card = load_card("aff-nuclei")
+    tile, overlap = card.tile_size, card.overlap
+    stride = tile - overlap
+    size = n_side * stride + overlap
+    grid = make_grid(size, size, tile, overlap)
+    spacing = 96.0 / np.sqrt(98)  # densest 96 um window of the card's density note, in 0.5 um px
+    spacing /= card.mpp
+    tiles, rgb = nuclei_tiles(grid, spacing, seed=0)
+    n_tiles = len(tiles)
+    n_obj_tile = np.mean([len(r.instance_scores) for _, r in tiles])
+    info = SlideInfo("bench", "synthetic", size, size, (LevelInfo(size, size, 1.0),), mpp=card.mpp)
+    out = Path(tempfile.mkdtemp()) / "o.geojson"
+    # stitching + vectorization + QuPath GeoJSON writing (tiles pre-generated: excluded)
+    st = StitchStats()
+    t0, c0 = time.perf_counter(), time.process_time()
+    with open_writer(out, "qupath", classes=card.classes, info=info, grid=grid) as w:
+        n = sum(1 for obj in stitch_instances(grid, iter(tiles), stats=st) if w.write(obj))
+    stitch_wall, stitch_cpu = time.perf_counter() - t0, time.process_time() - c0
+    os.remove(out)
+    # model forward on the same tiles' RGB, batches of `batch`, after one warm-up batch
+    torch.manual_seed(0)
+    seg = AFFSegmenter(card, build_model(card), device="cpu")
+    seg.forward(rgb[:batch])
+    fw_cpu = fw_wall = pred_cpu = 0.0
+    n_fw = 0
+    for i in range(reps):
+        x = rgb[(i * batch) % (n_tiles - batch) :][:batch]
+        t0, c0 = time.perf_counter(), time.process_time()
+        seg.forward(x)
+        fw_wall += time.perf_counter() - t0
+        fw_cpu += time.process_time() - c0
+        c0 = time.process_time()
+        seg.predict_batch(x)
+        pred_cpu += time.process_time() - c0
+        n_fw += len(x)
+    ms = 1000.0
+    s_tile, f_tile, p_tile = stitch_cpu / n_tiles, fw_cpu / n_fw, pred_cpu / n_fw
+    print(f"card {card.name}: tile {tile}, overlap {overlap}, {n_tiles} tiles ({grid.rows}x{grid.cols}), "
+          f"nuclei spacing {spacing:.1f} px, {n_obj_tile:.0f} objects per tile window; "
+          f"{n} objects written ({st.merged} merged across seams, {st.owned} owned)")
+    print(f"stitch+vectorize+write (QuPath GeoJSON): {ms * s_tile:.1f} ms CPU per tile "
+          f"(wall {ms * stitch_wall / n_tiles:.1f} ms)")
+    print(f"model forward (1 thread, batch {batch}, {n_fw} tiles): {ms * f_tile:.0f} ms CPU per tile "
+          f"(wall {ms * fw_wall / n_fw:.0f} ms); forward + postprocess (predict_batch): "
+          f"{ms * p_tile:.0f} ms CPU per tile")
+    print(f"ratio stitching / forward = {s_tile / f_tile:.3f} (target <= 0.10); "
+          f"stitching / (forward + postprocess) = {s_tile / p_tile:.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--objects", type=int, default=1_000_000)
@@ -105,8 +209,15 @@ def main() -> None:
     ap.add_argument("--overlap", type=int, default=64)
     ap.add_argument("--format", default="geojsonseq", choices=["geojsonseq", "qupath", "geojson.gz"])
     ap.add_argument("--semantic", action="store_true")
+    ap.add_argument("--vs-model", action="store_true", help="stitching time vs aff-nuclei forward time")
+    ap.add_argument("--side", type=int, default=12, help="--vs-model: tiles per side")
+    ap.add_argument("--batch", type=int, default=4, help="--vs-model: forward batch size")
+    ap.add_argument("--reps", type=int, default=3, help="--vs-model: timed forward batches")
     ap.add_argument("--size", type=int, default=12288, help="class map edge for --semantic")
     args = ap.parse_args()
+    if args.vs_model:
+        vs_model(args.side, args.batch, args.reps)
+        return
     if args.semantic:
         semantic(args.size, args.tile, args.overlap)
         return

@@ -3,10 +3,16 @@
 Two ways to assemble the class map (``blend=``), both streaming by tile row:
 
 * ``"crop"`` (default): each tile contributes the argmax over its core only; cores partition the
-  image and their borders sit mid-overlap, where both neighbours have context. State: one
-  uint8/uint16 class band + uint8 score band of width x stride px.
+  image and their borders sit mid-overlap, where both neighbours have context. State: the uint8/
+  uint16 class + uint8 score crops of the current row's tiles that ran (2 B/px of their cores).
 * ``"linear"``: probabilities weighted by a ramp over the overlap from each window border and
-  summed (argmax of the weighted sum). State: a float32 canvas of C x tile_px x width.
+  summed (argmax of the weighted sum). State: float32 canvases of C x tile_px x 2048 px for the
+  column blocks some tile of the current row touched.
+
+Neither allocates across the full slide width: a band reaches the merger as **column segments**
+(maximal runs of adjacent cores / blocks that are not all background); columns between segments
+are background, so no region crosses them. On a 100k px wide slide with a little tissue the band
+state is that of the tissue, not of the width (benchmarks/bench_pipeline.py (b)).
 
 Measured (benchmarks/bench_stitch.py --semantic, synthetic model whose noise grows towards the
 window border, tile 256 / overlap 64): pixel error 0.72 % crop vs 0.51 % linear; with an exact
@@ -15,12 +21,15 @@ does not grow with the class count; pass ``blend="linear"`` when the model is we
 
 Memory is bounded by one **row band** plus the regions still open across the band's bottom edge:
 
-1. A tile row's contribution is assembled into the band (missing tiles stay background, class 0).
-2. The band is labelled per class (4-connected, ``scipy.ndimage.label``), traced to pixel-edge
-   polygons (``vectorize.labels_to_geometries``) and the per-region probability sums taken.
+1. A tile row's contribution is assembled into the band's segments (missing tiles stay
+   background, class 0).
+2. Each segment is labelled per class (4-connected, ``scipy.ndimage.label``, int32), traced to
+   pixel-edge polygons (``vectorize.labels_to_geometries``) and the per-region probability sums
+   taken (bincount in row chunks: no 8-byte copy of the segment).
 3. Regions in the band's first row are joined to the open regions of the previous band that sit
-   directly above with the same class (a union-find); pieces are unioned with shapely, so the seam
-   line vanishes (collinear seam vertices are removed by ``simplify(0)``).
+   directly above with the same class (a union-find over the overlapping columns of the previous
+   band's last-row segments); pieces are unioned with shapely, so the seam line vanishes
+   (collinear seam vertices are removed by ``simplify(0)``).
 4. A region not touching the band's last row is finished and emitted at once.
 
 The emitted polygons equal vectorizing the untiled class map (tests check area and symmetric
