@@ -77,12 +77,27 @@ def test_loaded_model_equals_the_saved_one_incl_padding(tiny):
     x = (torch.from_numpy(tiles).permute(0, 3, 1, 2).float() - torch.tensor(MEAN).view(1, 3, 1, 1)) \
         / torch.tensor(STD).view(1, 3, 1, 1)
     x = torch.nn.functional.pad(x, (0, 24, 0, 4))
+    ref_model = tiny["model"]
+    ref_model.set_batch_independent(True)
+    ref_model.backbone.set_batch_independent(True)
     with torch.no_grad():
-        ref = tiny["model"](x)
+        ref = ref_model(x)
     torch.testing.assert_close(logits, ref["pred_logits"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(masks, ref["pred_masks"], atol=1e-5, rtol=1e-5)
     assert masks.shape == (2, 12, 16, 24)
     assert seg.weights_sha256 and len(seg.weights_sha256) == 64
+
+
+def test_tile_result_does_not_depend_on_batch_mates(tiny):
+    # resume, sharding and --batch-size regroup tiles: a tile's output must be its own
+    seg = load_segmenter(tiny["dir"] / "instance.json", device="cpu")
+    tiles = _tiles(3, 64, 64, seed=5)
+    tiles[2] = 255 - tiles[2]  # a very different batch mate
+    lo_b, ma_b = seg.forward(tiles)
+    for i in range(3):
+        lo_1, ma_1 = seg.forward(tiles[i : i + 1])
+        torch.testing.assert_close(lo_b[i : i + 1], lo_1, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ma_b[i : i + 1], ma_1, atol=1e-5, rtol=1e-5)
 
 
 def test_instance_results(tiny):

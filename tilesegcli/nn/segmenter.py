@@ -24,6 +24,8 @@ conversion to tileseg's conventions:
 
 from __future__ import annotations
 
+import inspect
+
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,6 +113,12 @@ class AFFSegmenter:
         self.amp = bool(amp) and self.device.type == "cuda"  # AMP on CUDA only
         self._amp_dtype = torch.float16
         self.model = model.to(self.device).eval()
+        # A tile's result must not depend on which tiles share its batch (resume, sharding and
+        # --batch-size would otherwise change outputs): scale per image, as official at batch 1.
+        for m in (model, getattr(model, "backbone", None)):
+            if m is not None and hasattr(m, "set_batch_independent"):
+                m.set_batch_independent(True)
+        self._with_aux_kw = "with_aux" in inspect.signature(model.forward).parameters
         self._mean = torch.tensor(card.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(card.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._div = max(1, int(card.size_divisibility))
@@ -154,14 +162,14 @@ class AFFSegmenter:
         head = getattr(self.model, "sem_seg_head", None)
         if head is None or not hasattr(head, "pixel_decoder") or not hasattr(head, "predictor"):
             with torch.autocast(dev, dtype=dt):
-                return self.model(x)
+                return self._call(x)
         with torch.autocast(dev, dtype=dt):
             feats = self.model.backbone(x)
         with torch.autocast(dev, enabled=False):
             pd = head.pixel_decoder(feats)
         with torch.autocast(dev, dtype=dt):
             return head.predictor(pd.multi_scale_features, pd.multi_scale_pos, pd.mask_features,
-                                  pd.mask_pos, pd.canvas_hw)
+                                  pd.mask_pos, pd.canvas_hw, with_aux=False)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
@@ -171,8 +179,14 @@ class AFFSegmenter:
                 if bool(torch.isfinite(logits).all()) and bool(torch.isfinite(masks).all()):
                     return logits, masks
                 log.warning("%s: fp16 outputs not finite; recomputing the batch in fp32", self.name)
-            out = self.model(x)
+            out = self._call(x)
             return out["pred_logits"].float(), out["pred_masks"].float()
+
+    def _call(self, x: torch.Tensor) -> dict:
+        # inference needs no auxiliary (per-layer) predictions
+        if self._with_aux_kw:
+            return self.model(x, with_aux=False)
+        return self.model(x)
 
     def forward(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw network outputs on CPU: pred_logits (B, Q, K+1), pred_masks (B, Q, h/4, w/4)."""
