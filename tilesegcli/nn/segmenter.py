@@ -25,7 +25,6 @@ conversion to tileseg's conventions:
 from __future__ import annotations
 
 import inspect
-
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
