@@ -156,7 +156,16 @@ class TileStore:
         p = Path(path)
         if not p.exists():
             try:
-                cls._create(p, fingerprint, grid, selected, task, classes, num_shards, extra)
+                cls._create(p, {
+                    "format": FORMAT,
+                    "fingerprint": fingerprint,
+                    "fingerprint_sha256": fingerprint_sha(fingerprint),
+                    "grid": grid_to_dict(grid),
+                    "task": task,
+                    "classes": list(classes),
+                    "num_shards": int(num_shards),
+                    **(extra or {}),
+                }, selected)
             except OSError as e:
                 raise StoreError(f"cannot create tile store {p}: {e.strerror or e}") from None
             finally:
@@ -166,21 +175,15 @@ class TileStore:
         return store
 
     @staticmethod
-    def _create(
-        p: Path,
-        fingerprint: dict[str, Any],
-        grid: GridSpec,
-        selected: np.ndarray,
-        task: str,
-        classes: Sequence[dict[str, Any]],
-        num_shards: int,
-        extra: dict[str, Any] | None,
-    ) -> None:
+    def _create(p: Path, attrs: dict[str, Any], selected: np.ndarray) -> None:
+        """Build the store described by ``attrs`` (its future ``attrs["tileseg"]``) in a temp
+        directory, then rename it to ``p``."""
         import zarr
 
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
+        grid, task, classes = grid_from_dict(attrs["grid"]), attrs["task"], attrs["classes"]
         rows, cols, t = grid.rows, grid.cols, grid.tile_px
         g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         with warnings.catch_warnings():
@@ -206,16 +209,6 @@ class TileStore:
                     dtype="uint8",
                     fill_value=0,
                 )
-        attrs = {
-            "format": FORMAT,
-            "fingerprint": fingerprint,
-            "fingerprint_sha256": fingerprint_sha(fingerprint),
-            "grid": grid_to_dict(grid),
-            "task": task,
-            "classes": list(classes),
-            "num_shards": int(num_shards),
-            **(extra or {}),
-        }
         g.attrs["tileseg"] = json.loads(json.dumps(attrs, default=str))
         try:
             os.rename(tmp, p)
