@@ -65,6 +65,7 @@ class SimpleSegmenter:
         overlap: int = 32,
         mpp: float | None = 0.5,
         mpp_unit: str = "um",
+        mpp_nominal: bool = False,
         min_size_px: int = 4,
         seed: int = 0,
         device: str = "cpu",
@@ -80,6 +81,7 @@ class SimpleSegmenter:
         )
         self.mpp = mpp
         self.mpp_unit = mpp_unit
+        self.mpp_nominal = mpp_nominal  # a natural-image model: runs on the input's own pixels
         self.tile_size = tile_size
         self.overlap = overlap
         self.min_size_px = min_size_px
