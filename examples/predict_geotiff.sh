@@ -3,7 +3,9 @@
 # QGIS / ogrinfo). Without an argument a small synthetic GeoTIFF (EPSG:32616) is generated.
 #   examples/predict_geotiff.sh [raster.tif]
 # The default model here is the built-in simple net at the raster's own resolution, loaded
-# through the "bring your own model" route: --model package.module:factory.
+# through the "bring your own model" route: --model package.module:factory. Natural-image
+# cards (nominal pixel size, e.g. MODEL=aff-mini.ade20k) also run on the raster's own pixels;
+# cards with a physical µm/px (aff-nuclei) are refused on m/px rasters.
 set -euo pipefail
 out="${OUT:-out}"
 mkdir -p "$out"

@@ -27,7 +27,7 @@ def merge(store: Path, output: Path, fmt: str | None, labels: Path | None,
     $ tileseg merge /scratch/slide.geojson.tiles.zarr -o slide.geojson.gz --min-area 10
     """
     from tilesegcli.errors import OutputError
-    from tilesegcli.pipeline import merge_store
+    from tilesegcli.merge import merge_store
     from tilesegcli.store import TileStore
 
     setup_logging(log_level, quiet)

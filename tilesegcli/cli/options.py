@@ -1,6 +1,7 @@
 """Reusable click options of ``tileseg predict`` / ``tileseg merge`` and the logging setup.
 
-Only click and the standard library are imported here, so ``tileseg --help`` stays fast.
+Only click, the standard library and tilesegcli.config (stdlib only) are imported here, so
+``tileseg --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Any
 
 import click
 
-F = Callable[..., Any]
+from tilesegcli.config import FORMATS
 
-FORMATS = ("geojson", "geojson.gz", "geojsonseq", "qupath")
+F = Callable[..., Any]
 
 
 def _compose(*decorators: Callable[[F], F]) -> Callable[[F], F]:
