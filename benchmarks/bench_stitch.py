@@ -165,7 +165,11 @@ def vs_model(n_side: int, batch: int, reps: int) -> None:
     n_obj_tile = np.mean([len(r.instance_scores) for _, r in tiles])
     info = SlideInfo("bench", "synthetic", size, size, (LevelInfo(size, size, 1.0),), mpp=card.mpp)
     out = Path(tempfile.mkdtemp()) / "o.geojson"
-    # stitching + vectorization + QuPath GeoJSON writing (tiles pre-generated: excluded)
+    # stitching + vectorization + QuPath GeoJSON writing (tiles pre-generated: excluded); a first
+    # pass over the first tile row pays the one-off imports (shapely, rasterio) outside the timing
+    with open_writer(out, "qupath", classes=card.classes, info=info, grid=grid) as w:
+        for obj in stitch_instances(grid, iter(tiles[: grid.cols])):
+            w.write(obj)
     st = StitchStats()
     t0, c0 = time.perf_counter(), time.process_time()
     with open_writer(out, "qupath", classes=card.classes, info=info, grid=grid) as w:
