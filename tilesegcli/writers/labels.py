@@ -14,9 +14,11 @@ for instances only while there are at most ``max_listed`` objects, to keep ``.za
 
 Objects (working px, as emitted by the stitchers, roughly in row order) are buffered per band of
 ``band_px`` rows and burned with ``rasterio.features.rasterize`` (pixel centres: exact for the
-pixel-edge polygons of the stitchers) once the stream has moved ``lag_px`` below the band; a late
-object for a written band is painted in place (read-modify-write, band by band). The store is
-built under a temp name and renamed into place on ``close()``.
+pixel-edge polygons of the stitchers) over the columns the band's objects span, once the stream
+has moved ``lag_px`` below the band; a late object for a written band is painted in place
+(read-modify-write, band by band). The pyramid is built in blocks of band_px x 16 chunks, so no
+buffer spans the full width of a huge slide. The store is built under a temp name and renamed
+into place on ``close()``.
 """
 
 from __future__ import annotations
@@ -134,13 +136,16 @@ class LabelsWriter(CommitOnExit):
         y1 = min(self.height, y0 + self.band_px)
         if not items or y1 <= y0:
             return
-        shape = (y1 - y0, self.width)
         inst = [(g, i) for g, i, _ in items if i]
-        if inst:
-            self.arrays["instances"][y0:y1, :] = _rasterize(inst, shape, 0, y0, "uint32")
         cls = [(g, c) for g, _, c in items if c > 0]
-        if cls:
-            self.arrays["classes"][y0:y1, :] = _rasterize(cls, shape, 0, y0, self.cls_dtype)
+        for name, burn, dtype in (("instances", inst, "uint32"), ("classes", cls, self.cls_dtype)):
+            if not burn:
+                continue
+            # only the columns the band's objects span (a band is written once; the rest stays 0)
+            x0 = max(0, math.floor(min(g.bounds[0] for g, _ in burn)))
+            x1 = min(self.width, math.ceil(max(g.bounds[2] for g, _ in burn)))
+            if x1 > x0:
+                self.arrays[name][y0:y1, x0:x1] = _rasterize(burn, (y1 - y0, x1 - x0), x0, y0, dtype)
 
     def _paint_late(self, item: tuple[BaseGeometry, int, int]) -> None:
         geom, oid, cls = item
@@ -169,10 +174,12 @@ class LabelsWriter(CommitOnExit):
         while max(h, w) > self.chunk_px and level < 10:
             h2, w2 = (h + 1) // 2, (w + 1) // 2
             nxt = self._create(self.groups[name], str(level + 1), h2, w2, str(base.dtype))
-            step = self.band_px
+            step, xstep = self.band_px, 16 * self.chunk_px  # bounded blocks, not full-width rows
             for y in range(0, h2, step):
                 y1 = min(h2, y + step)
-                nxt[y:y1, :] = np.asarray(arr[2 * y : 2 * y1 : 2, ::2])
+                for x in range(0, w2, xstep):
+                    x1 = min(w2, x + xstep)
+                    nxt[y:y1, x:x1] = np.asarray(arr[2 * y : 2 * y1 : 2, 2 * x : 2 * x1 : 2])
             arr, h, w, level = nxt, h2, w2, level + 1
         return level + 1
 
