@@ -103,6 +103,16 @@ def semantic(size: int, tile: int, overlap: int) -> None:
               f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
+def renumber(gid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Global ids (0 = none, k + 1 = object k) -> tile labels 1..n and the object index of each."""
+    ids, inv = np.unique(gid, return_inverse=True)
+    labels = inv.reshape(gid.shape).astype(np.int32)
+    if ids[0] != 0:
+        labels += 1
+        ids = np.concatenate([[0], ids])
+    return labels, ids[1:] - 1
+
+
 def nuclei_tiles(grid, spacing: float, seed: int) -> tuple[list, np.ndarray]:  # noqa: ANN001
     """Instance label tiles of a dense jittered lattice of non-overlapping ellipses (one id per
     nucleus, global ids renumbered per tile) and the matching RGB tiles (purple on pink)."""
@@ -126,13 +136,7 @@ def nuclei_tiles(grid, spacing: float, seed: int) -> tuple[list, np.ndarray]:  #
         inside = ((xs[None, :] - cx) / ra[gy[:, None], gx[None, :]]) ** 2 + \
             ((ys[:, None] - cy) / rb[gy[:, None], gx[None, :]]) ** 2 <= 1.0
         inside &= (ys < grid.height)[:, None] & (xs < grid.width)[None, :]
-        gid = np.where(inside, gy[:, None] * nx + gx[None, :] + 1, 0)
-        ids, inv = np.unique(gid, return_inverse=True)
-        labels = inv.reshape(gid.shape).astype(np.int32)
-        if ids[0] != 0:
-            labels += 1
-            ids = np.concatenate([[0], ids])
-        fg = ids[1:] - 1
+        labels, fg = renumber(np.where(inside, gy[:, None] * nx + gx[None, :] + 1, 0))
         out.append((spec, TileResult(labels=labels, instance_classes=np.ones(len(fg), np.int64),
                                      instance_scores=score[fg])))
         img = np.empty((spec.h, spec.w, 3), np.uint8)
@@ -264,13 +268,7 @@ def main() -> None:
             dx = (xs % CELL - centre)[None, :]
             inside = (dx / a[cell]) ** 2 + (dy / b[cell]) ** 2 <= 1.0
             inside &= (ys < height)[:, None] & (xs < width)[None, :] & alive[cell]
-            lab_global = np.where(inside, cell + 1, 0)
-            ids, inv = np.unique(lab_global, return_inverse=True)
-            labels = inv.reshape(lab_global.shape).astype(np.int32)
-            if ids[0] != 0:
-                labels += 1
-                ids = np.concatenate([[0], ids])
-            fg = ids[1:] - 1
+            labels, fg = renumber(np.where(inside, cell + 1, 0))
             res = TileResult(labels=labels, instance_classes=cls[fg], instance_scores=score[fg])
             gen_time += time.perf_counter() - t0
             gen_cpu += time.process_time() - c0
