@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,13 @@ import pytest
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 SHARED = Path(os.environ.get("TILESEG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+# Test modules are imported with --import-mode=importlib, which puts nothing on sys.path; append
+# tests/ (behind every installed package) so they can share helper modules, e.g.
+# `from nn._helpers import n_params` for tests/nn/_helpers.py.
+_TESTS = str(Path(__file__).resolve().parent)
+if _TESTS not in sys.path:
+    sys.path.append(_TESTS)
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +50,18 @@ def _few_threads() -> None:
     except ImportError:  # pragma: no cover
         return
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def one_thread(_few_threads: None) -> Iterator[None]:
+    """One intra-op torch thread for the test (opt in with usefixtures): nets that run many tiny
+    ops only gain contention from a second thread on shared cores."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
 
 
 # ---------------------------------------------------------------- pipeline / CLI fixtures

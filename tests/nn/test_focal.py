@@ -4,11 +4,10 @@ for odd sizes, published parameter counts, gradients, determinism, key renaming,
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
-import torch.nn.functional as F
+from nn._helpers import assert_overfits_toy_task, n_params
 
 from tilesegcli.nn.focal import (
     MODEL_BUILDERS,
@@ -19,18 +18,7 @@ from tilesegcli.nn.focal import (
     focal_test,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(_few_threads: None) -> Iterator[None]:
-    # these nets run many tiny ops: a second intra-op thread only adds contention on shared cores
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-def _n(m: torch.nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _naive_focal(blk: FocalBlock, y: torch.Tensor, ws: int, e: int, fw: int) -> torch.Tensor:
@@ -145,7 +133,7 @@ def test_three_focal_levels_with_cropped_subwindows() -> None:
 @pytest.mark.parametrize("size,millions", [("tiny", 28.9), ("small", 51.1), ("base", 89.8)])
 def test_param_counts_match_paper(size: str, millions: float) -> None:
     bb = build_focal_backbone(size, expand_sizes=(3, 3, 3, 0))
-    n = _n(bb) - sum(_n(m) for m in list(bb.out_norms)[:3]) + bb.dims[-1] * 1000 + 1000
+    n = n_params(bb) - sum(n_params(m) for m in list(bb.out_norms)[:3]) + bb.dims[-1] * 1000 + 1000
     assert round(n / 1e6, 1) == millions
 
 
@@ -153,7 +141,7 @@ def test_param_counts_match_paper(size: str, millions: float) -> None:
 @pytest.mark.parametrize("size,millions", [("tiny", 30.8), ("small", 53.1), ("base", 93.3)])
 def test_conv_embed_param_counts_match_paper(size: str, millions: float) -> None:
     bb = build_focal_backbone(size, expand_sizes=(3, 3, 3, 0), conv_embed=True)
-    n = _n(bb) - sum(_n(m) for m in list(bb.out_norms)[:3]) + bb.dims[-1] * 1000 + 1000
+    n = n_params(bb) - sum(n_params(m) for m in list(bb.out_norms)[:3]) + bb.dims[-1] * 1000 + 1000
     assert round(n / 1e6, 1) == millions
 
 
@@ -166,7 +154,7 @@ def test_conv_embed_keeps_feature_sizes() -> None:
 
 def test_exact_tiny_count_is_stable() -> None:
     bb = build_focal_backbone("tiny", expand_sizes=(3, 3, 3, 0))
-    n = _n(bb) - sum(_n(m) for m in list(bb.out_norms)[:3]) + 768 * 1000 + 1000
+    n = n_params(bb) - sum(n_params(m) for m in list(bb.out_norms)[:3]) + 768 * 1000 + 1000
     assert n == 28_880_380
 
 
@@ -241,41 +229,8 @@ def test_builders() -> None:
         build_focal("huge")
 
 
-def _toy_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bright squares (class 1) and blue discs (class 2) on a textured background."""
-    g = torch.Generator().manual_seed(seed)
-    imgs = torch.rand(n, 3, 32, 32, generator=g) * 0.3
-    target = torch.zeros(n, 32, 32, dtype=torch.long)
-    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
-    for i in range(n):
-        y0, x0 = torch.randint(0, 16, (2,), generator=g).tolist()
-        imgs[i, :, y0:y0 + 14, x0:x0 + 14] += 0.7
-        target[i, y0:y0 + 14, x0:x0 + 14] = 1
-        cy, cx = torch.randint(6, 26, (2,), generator=g).tolist()
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 25
-        imgs[i, 2, disc] = 1.0
-        imgs[i, :2, disc] = 0.0
-        target[i, disc] = 2
-    return (imgs - 0.5) / 0.25, target
-
-
 def test_tiny_variant_overfits_toy_segmentation() -> None:
-    torch.manual_seed(0)
-    net = focal_test(num_classes=3, dropout=0.0).train()
-    x, t = _toy_batch(8, seed=3)
-    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=0.0)
-    losses = []
-    for _ in range(60):
-        opt.zero_grad()
-        loss = F.cross_entropy(net(x, upsample=True), t)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.35 * losses[0], losses[::10]
-    net.eval()
-    with torch.no_grad():
-        acc = (net(x, upsample=True).argmax(1) == t).float().mean().item()
-    assert acc > 0.85
+    assert_overfits_toy_task(focal_test, lr=3e-3)
 
 
 def test_gather_plan_equals_official_unfold_at_every_level() -> None:

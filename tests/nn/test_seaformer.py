@@ -4,11 +4,11 @@ train/eval behaviour, official key renaming, and that the tiny variant learns a 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
 import torch.nn.functional as F
+from nn._helpers import assert_overfits_toy_task, n_params
 
 from tilesegcli.nn.seaformer import (
     MODEL_BUILDERS,
@@ -19,18 +19,7 @@ from tilesegcli.nn.seaformer import (
     seaformer_tiny,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(_few_threads: None) -> Iterator[None]:
-    # these nets run many tiny ops: a second intra-op thread only adds contention on shared cores
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
-def _n(m: torch.nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("hw", [(1, 1), (37, 53), (65, 33), (64, 64)])
@@ -64,14 +53,14 @@ def test_published_tiny_runs_on_odd_input() -> None:
                                               ("base", 8.6, 8.7), ("large", 14.0, 14.0)])
 def test_param_counts_match_paper(size: str, seg_m: float, cls_m: float) -> None:
     net = build_seaformer(size, num_classes=150)
-    assert round(_n(net) / 1e6, 1) == seg_m
+    assert round(n_params(net) / 1e6, 1) == seg_m
     c_last = net.backbone.out_channels[-1]
-    assert round((_n(net.backbone) + c_last * 1000 + 1000) / 1e6, 1) == cls_m
+    assert round((n_params(net.backbone) + c_last * 1000 + 1000) / 1e6, 1) == cls_m
 
 
 def test_exact_tiny_count_is_stable() -> None:
     # our exact count for SeaFormer-T + LightHead(150); any structural drift changes it
-    assert _n(seaformer_tiny(num_classes=150)) == 1_667_318
+    assert n_params(seaformer_tiny(num_classes=150)) == 1_667_318
 
 
 def test_gradients_flow() -> None:
@@ -176,41 +165,8 @@ def test_checkpoint_filter_maps_official_keys() -> None:
         checkpoint_filter_fn({"decode_head.conv_seg.weight": torch.zeros(19, 96, 1, 1)}, net)
 
 
-def _toy_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bright squares (class 1) and dark-ring discs (class 2) on textured background."""
-    g = torch.Generator().manual_seed(seed)
-    imgs = torch.rand(n, 3, 32, 32, generator=g) * 0.3
-    target = torch.zeros(n, 32, 32, dtype=torch.long)
-    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
-    for i in range(n):
-        y0, x0 = torch.randint(0, 16, (2,), generator=g).tolist()
-        imgs[i, :, y0:y0 + 14, x0:x0 + 14] += 0.7
-        target[i, y0:y0 + 14, x0:x0 + 14] = 1
-        cy, cx = torch.randint(6, 26, (2,), generator=g).tolist()
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 25
-        imgs[i, 2, disc] = 1.0
-        imgs[i, :2, disc] = 0.0
-        target[i, disc] = 2
-    return (imgs - 0.5) / 0.25, target
-
-
 def test_tiny_variant_overfits_toy_segmentation() -> None:
-    torch.manual_seed(0)
-    net = seaformer_test(num_classes=3, dropout=0.0).train()
-    x, t = _toy_batch(8, seed=3)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-2, weight_decay=0.0)
-    losses = []
-    for _ in range(60):
-        opt.zero_grad()
-        loss = F.cross_entropy(net(x, upsample=True), t)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    assert losses[-1] < 0.35 * losses[0], losses[::10]
-    net.eval()
-    with torch.no_grad():
-        acc = (net(x, upsample=True).argmax(1) == t).float().mean().item()
-    assert acc > 0.85
+    assert_overfits_toy_task(seaformer_test, lr=1e-2)
 
 
 def _naive_sea(m: SeaAttention, x: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,6 @@ contract, normalisation, padding, class offset, errors, and loading weights from
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +16,7 @@ from tilesegcli.nn.seaformer import checkpoint_filter_fn, seaformer_test
 from tilesegcli.nn.semantic import SemanticSegmenter, build_semantic_net, load_backbone_weights
 from tilesegcli.segmenter import ClassInfo, Segmenter
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(_few_threads: None) -> Iterator[None]:
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _classes(n: int) -> list[ClassInfo]:
