@@ -173,22 +173,13 @@ class MSDeformAttnPc(nn.Module):
 
 
 class MSDeformAttnEncoderLayerPc(nn.Module):
-    """Post-norm: s = LN1(s + MSDA(s + pe)); s = LN2(s + FFN(s)); same weights for all levels."""
+    """Post-norm: s = LN1(s + MSDA(s + pe)); s = LN2(s + FFN(s)); same weights for all levels.
+    The layer's width is that of its attention module ``self_attn``."""
 
-    def __init__(
-        self,
-        d_model: int,
-        d_ffn: int,
-        n_levels: int,
-        n_heads: int,
-        n_points: int,
-        shepard_power: float,
-        shepard_power_learnable: bool,
-    ) -> None:
+    def __init__(self, self_attn: MSDeformAttnPc, d_ffn: int) -> None:
         super().__init__()
-        self.self_attn = MSDeformAttnPc(
-            d_model, n_levels, n_heads, n_points, shepard_power, shepard_power_learnable
-        )
+        d_model = self_attn.d_model
+        self.self_attn = self_attn
         self.norm1 = nn.LayerNorm(d_model)
         self.linear1 = nn.Linear(d_model, d_ffn)
         self.linear2 = nn.Linear(d_ffn, d_model)
@@ -284,8 +275,11 @@ class MSDeformAttnPixelDecoder(nn.Module):
             nn.init.constant_(p[0].bias, 0)
         # the official config gives the power on distance; weights use squared distances
         layers = [
-            MSDeformAttnEncoderLayerPc(conv_dim, enc_ffn_dim, 3, nheads, n_points,
-                                       shepard_power / 2.0, shepard_power_learnable)
+            MSDeformAttnEncoderLayerPc(
+                MSDeformAttnPc(conv_dim, 3, nheads, n_points, shepard_power / 2.0,
+                               shepard_power_learnable),
+                enc_ffn_dim,
+            )
             for _ in range(enc_layers)
         ]
         self.transformer = _EncoderOnly(layers, 3, conv_dim)
