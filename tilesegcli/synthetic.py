@@ -21,8 +21,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Painter = Callable[[int, int, int, int, float], np.ndarray]
 
@@ -35,24 +39,22 @@ TAG_GDAL_NODATA = 42113
 
 
 # --------------------------------------------------------------------------- content generators
-def tissue_like(
-    width: int,
-    height: int,
-    *,
-    seed: int = 0,
-    n_blobs: int = 3,
-    background: int = 242,
-    pen: str | None = None,
-    black_border: int = 0,
-) -> np.ndarray:
+class TissueOptions(TypedDict, total=False):
+    """Keyword options of :func:`tissue_like` (defaults in :func:`tissue_like_with_truth`)."""
+
+    seed: int
+    n_blobs: int
+    background: int
+    pen: str | None
+    black_border: int
+
+
+def tissue_like(width: int, height: int, **opts: Unpack[TissueOptions]) -> np.ndarray:
     """An H&E-looking RGB image: pink tissue blobs with purple nuclei on a near-white glass
     background (+ optional "blue"/"green"/"black" pen stroke and black border of that width).
+    Options: ``seed=0, n_blobs=3, background=242, pen=None, black_border=0``.
     Returns (H, W, 3) uint8. The tissue pixels are exactly those where ``tissue_truth`` is True."""
-    img, _ = tissue_like_with_truth(
-        width, height, seed=seed, n_blobs=n_blobs, background=background, pen=pen,
-        black_border=black_border,
-    )
-    return img
+    return tissue_like_with_truth(width, height, **opts)[0]
 
 
 def tissue_like_with_truth(
