@@ -2,7 +2,7 @@
 
 Owns: ``AFFMask2FormerHead`` (pixel decoder + masked-attention decoder, official
 ``sem_seg_head.*`` key names), ``AFFMask2Former`` (backbone + head; images -> predictions),
-``build_aff_m2f`` (explicit keyword arguments, with ``HEAD_PRESETS`` for the official ADE20K /
+``build_aff_m2f`` (the head's keyword arguments, with ``HEAD_PRESETS`` for the official ADE20K /
 Cityscapes / COCO configs and the fixture's tiny config) and ``load_official_checkpoint``
 (strict loading of detectron2 files ``{'model': ...}`` with ``backbone.`` / ``sem_seg_head.``
 prefixes, ignoring only named non-model keys).
@@ -20,6 +20,7 @@ The backbone comes from ``tilesegcli.nn.aff`` (engineer A): any module whose for
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -168,31 +169,24 @@ def _backbone_channels(backbone: nn.Module, name: str) -> dict[str, int]:
 def build_aff_m2f(
     backbone: str | nn.Module,
     *,
-    num_classes: int,
-    num_queries: int = 100,
-    hidden_dim: int = 256,
-    conv_dim: int = 256,
-    mask_dim: int = 256,
-    nheads: int = 8,
-    dim_feedforward: int = 2048,
-    enc_layers: int = 6,
-    dec_layers: int = 10,
-    shepard_power: float = 6.0,
-    shepard_power_learnable: bool = True,
     alpha: float | None = None,
     size_divisibility: int = 0,
     batch_independent: bool = False,
     backbone_kwargs: dict[str, Any] | None = None,
+    **head: Any,
 ) -> AFFMask2Former:
     """Build backbone (``tilesegcli.nn.aff.build_aff(name, variant="seg", ...)``) + head.
 
-    ``backbone`` may also be an already built module returning ``BackboneOutput``.
+    ``head``: the keyword arguments of ``AFFMask2FormerHead`` (``num_classes`` required; the
+    defaults there are the official head config); wrong ones raise TypeError before anything is
+    built. ``backbone`` may also be an already built module returning ``BackboneOutput``.
     ``alpha`` (downsampling importance weight: 4 for ADE20K/COCO, 8 for Cityscapes) and any
     ``backbone_kwargs`` are passed to the backbone builder. Defaults = official head config.
     ``size_divisibility=32`` zero-pads inputs like official detectron2 inference (then masks
     cover the padded size; ``postprocess`` crops). ``batch_independent``: see
     ``AFFMask2Former.set_batch_independent``.
     """
+    inspect.signature(AFFMask2FormerHead).bind({}, **head)
     if isinstance(backbone, str):
         from tilesegcli.nn.aff import build_aff
 
@@ -203,13 +197,8 @@ def build_aff_m2f(
         bb = build_aff(backbone, variant="seg", **kw)
     else:
         name, bb = type(backbone).__name__, backbone
-    head = AFFMask2FormerHead(
-        _backbone_channels(bb, name), num_classes=num_classes, num_queries=num_queries,
-        conv_dim=conv_dim, mask_dim=mask_dim, hidden_dim=hidden_dim, nheads=nheads,
-        dim_feedforward=dim_feedforward, enc_layers=enc_layers, dec_layers=dec_layers,
-        shepard_power=shepard_power, shepard_power_learnable=shepard_power_learnable,
-    )
-    return AFFMask2Former(bb, head, size_divisibility=size_divisibility,
+    sem_seg_head = AFFMask2FormerHead(_backbone_channels(bb, name), **head)
+    return AFFMask2Former(bb, sem_seg_head, size_divisibility=size_divisibility,
                           batch_independent=batch_independent)
 
 
