@@ -38,27 +38,31 @@ def _check_level(pos: torch.Tensor, feat: torch.Tensor, ref_pos: torch.Tensor, r
     torch.testing.assert_close(ref_feat.gather(1, order[..., None].expand(-1, -1, feat.shape[2])), feat, **TOL)
 
 
+def _official(aff_fixtures: Path, variant: str) -> tuple[torch.nn.Module, dict, dict]:
+    """The fixture model of ``variant`` ("cls" / "seg") with the official weights loaded, in eval
+    mode, and the fixture's ``<variant>_io.pt`` and ``<variant>_debug.pt`` contents."""
+    model = build_aff("aff_fixture", variant=variant).eval()
+    load_official_backbone(model, aff_fixtures / f"{variant}_checkpoint.pth", variant)
+    return model, _load(aff_fixtures / f"{variant}_io.pt"), _load(aff_fixtures / f"{variant}_debug.pt")
+
+
 @pytest.fixture(scope="module")
 def cls_run(aff_fixtures: Path):
-    model = build_aff("aff_fixture", variant="cls").eval()
-    load_official_backbone(model, aff_fixtures / "cls_checkpoint.pth", "cls")
-    io = _load(aff_fixtures / "cls_io.pt")
+    model, io, debug = _official(aff_fixtures, "cls")
     with torch.no_grad():
         inter = model.forward_intermediates(io["input"])
         logits = model(io["input"])
         pooled = model.forward_pooled(io["input"])
-    return io, _load(aff_fixtures / "cls_debug.pt"), inter, logits, pooled
+    return io, debug, inter, logits, pooled
 
 
 @pytest.fixture(scope="module")
 def seg_run(aff_fixtures: Path):
-    model = build_aff("aff_fixture", variant="seg").eval()
-    load_official_backbone(model, aff_fixtures / "seg_checkpoint.pth", "seg")
-    io = _load(aff_fixtures / "seg_io.pt")
+    model, io, debug = _official(aff_fixtures, "seg")
     with torch.no_grad():
         out = model(io["input"])
         inter = model.forward_intermediates(io["input"])
-    return io, _load(aff_fixtures / "seg_debug.pt"), out, inter
+    return io, debug, out, inter
 
 
 def test_cls_logits_and_pooled(cls_run) -> None:
