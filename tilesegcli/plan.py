@@ -23,7 +23,8 @@ from tilesegcli.store import input_identity
 log = logging.getLogger("tileseg")
 
 # The placeholder pixel size of natural-image cards. A card that ``extends`` one and sets its own
-# mpp/mpp_unit (the models/README recipe for aerial use) inherits ``mpp_nominal: true``, but its
+# mpp/mpp_unit (the models/README recipe for aerial use) no longer inherits ``mpp_nominal`` (the
+# zoo drops it), but a card whose mpp was overridden (``with_overrides``) keeps the flag while its
 # pixel size is then real: a card's flag counts only with the untouched placeholder.
 NOMINAL_MPP = (1.0, "um")
 

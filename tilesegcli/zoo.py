@@ -12,7 +12,8 @@ Card format (JSON object, ``"format": 1``)::
     extends           str   optional: a bundled name or a card path (relative to this card) whose
                             fields this card inherits; objects (architecture, input, postprocess)
                             merge recursively; weights, backbone_weights, classes, metrics and
-                            all other values are replaced as a whole
+                            all other values are replaced as a whole; a card that sets mpp or
+                            mpp_unit (and not mpp_nominal) does not inherit mpp_nominal
     task              "semantic" | "instance" | "panoptic"
     architecture      {"backbone": "aff_mini", "backbone_kwargs": {...},
                        "head": "mask2former", "head_kwargs": {"num_classes": K, ...}}
@@ -226,6 +227,10 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any], top: bool = False) 
             out[k] = _merge(out[k], v)
         else:
             out[k] = v
+    if top and ("mpp" in over or "mpp_unit" in over) and "mpp_nominal" not in over:
+        # a child giving its own pixel size (e.g. a natural-image model used on aerial images)
+        # means it: the parent's "nominal" flag belonged to the parent's placeholder mpp
+        out.pop("mpp_nominal", None)
     return out
 
 

@@ -6,6 +6,7 @@ import json
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -151,6 +152,30 @@ def test_user_card_by_path_dir_and_extends(tmp_path):
     assert t.architecture["backbone"] == "aff_tiny" and t.weights.filename == "t.pth"
     assert t.weights.ignore_keys == () and t.weights.sha256 is None  # weights replaced whole
     assert t.architecture["head_kwargs"]["num_queries"] == 100  # architecture merges
+
+
+def test_extending_natural_image_card_with_own_pixel_size_is_not_nominal(tmp_path):
+    """The models/README recipe (a natural-image card given a real m/px) drops the parent's
+    mpp_nominal; a child that leaves the pixel size alone, or says so explicitly, keeps it."""
+    assert load_card("aff-mini.coco-instance").mpp_nominal
+
+    def child(name: str, **fields) -> Path:
+        p = tmp_path / f"{name}.json"
+        p.write_text(json.dumps({"extends": "aff-mini.coco-instance", "name": name, **fields}))
+        return p
+
+    aerial = load_card(child("coco-aerial", mpp=0.3, mpp_unit="m"))
+    assert (aerial.mpp, aerial.mpp_unit, aerial.mpp_nominal) == (0.3, "m", False)
+    assert "mpp_nominal" not in aerial.to_dict()  # a written copy of the card stays real too
+    assert not load_card(child("finer", mpp=0.25)).mpp_nominal  # mpp alone: real too
+    assert not load_card(child("metres", mpp_unit="m")).mpp_nominal  # unit alone: real too
+    assert load_card(child("tiles", tile_size=640)).mpp_nominal  # pixel size untouched
+    assert load_card(child("says-so", mpp=2.0, mpp_nominal=True)).mpp_nominal
+    # two levels: the grandchild inherits its parent's real pixel size and no flag
+    grand = tmp_path / "grand.json"
+    grand.write_text(json.dumps({"extends": "coco-aerial.json", "name": "grand",
+                                 "tile_size": 640}))
+    assert not load_card(grand).mpp_nominal and load_card(grand).mpp == 0.3
 
 
 @pytest.mark.parametrize("bad, msg", [
