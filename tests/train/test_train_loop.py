@@ -93,6 +93,16 @@ def test_exact_resume_and_export(tmp_path: Path) -> None:
     seg = load_segmenter(str(card), device="cpu")
     out = seg.predict_batch(np.zeros((1, 64, 64, 3), np.uint8))
     assert out[0].labels.shape == (64, 64)
+    # the CLI's --validate path on the same checkpoint gives the same numbers
+    from click.testing import CliRunner
+
+    from tilesegcli.cli.train import train as cmd
+
+    r = CliRunner().invoke(cmd, ["--resume", str(a / "last.pt"), "--validate", "--json",
+                                 str(tmp_path / "v.json")])
+    assert r.exit_code == 0, r.output
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["step"] == 4 and v["mean"]["dice"] == pytest.approx(res["mean"]["dice"], nan_ok=True)
     # fp16 weights: the loaded model equals the checkpoint rounded to fp16
     k = next(iter(k for k in wa["model"] if k.startswith("model.") and wa["model"][k].is_floating_point()))
     got = seg.model.state_dict()[k[len("model."):]]
