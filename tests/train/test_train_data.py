@@ -84,3 +84,16 @@ def test_nuclei_manifest_split(shared_dir) -> None:
     assert not {v.name for v in va} & {t.name for t in tr}
     cpm4 = next(t for t in tr if t.name == "cpm15-image04")
     assert cpm4.annotation.endswith("image05_mask.txt")  # the source's swap, fixed
+
+
+def test_sampler_roi_limits_patches_and_labels() -> None:
+    d = _loaded()
+    roi = np.zeros(d.ann.labels.shape, bool)
+    roi[40:80, 50:100] = True  # holds instance 2 only
+    d.ann.roi = roi
+    s = PatchSampler([d], 24, seed=0, scale_range=(1.0, 1.0))
+    for _ in range(20):
+        p = s.sample()
+        assert p.valid.any()  # the patch centre lies in the ROI
+        for m in p.masks:  # every target lies inside the ROI part of the patch
+            assert (m & ~p.valid).sum() == 0
