@@ -134,9 +134,12 @@ class AFFMask2Former(nn.Module):
         self.pixel_std = PIXEL_STD
 
     def set_batch_independent(self, on: bool = True) -> None:
-        """Official code scales the point sine embeddings by the max coordinate over the whole
-        batch, so an image's output depends on its batch mates; ``on`` scales per image instead
-        (identical to official for batch size 1)."""
+        """Official code makes an image's output depend on its batch mates twice: the backbone's
+        clustering key uses the largest ratio over the batch, and the head scales the point sine
+        embeddings by the max coordinate over the batch. ``on`` makes both per image (identical to
+        official for batch size 1)."""
+        if hasattr(self.backbone, "set_batch_independent"):
+            self.backbone.set_batch_independent(on)
         self.sem_seg_head.pixel_decoder.pe_per_image = on
         self.sem_seg_head.predictor.pe_per_image = on
 

@@ -24,7 +24,6 @@ conversion to tileseg's conventions:
 
 from __future__ import annotations
 
-import inspect
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,11 +112,8 @@ class AFFSegmenter:
         self._amp_dtype = torch.float16
         self.model = model.to(self.device).eval()
         # A tile's result must not depend on which tiles share its batch (resume, sharding and
-        # --batch-size would otherwise change outputs): scale per image, as official at batch 1.
-        for m in (model, getattr(model, "backbone", None)):
-            if m is not None and hasattr(m, "set_batch_independent"):
-                m.set_batch_independent(True)
-        self._with_aux_kw = "with_aux" in inspect.signature(model.forward).parameters
+        # --batch-size would otherwise change outputs): per image, as official at batch 1.
+        model.set_batch_independent(True)
         self._mean = torch.tensor(card.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._std = torch.tensor(card.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         self._div = max(1, int(card.size_divisibility))
@@ -183,9 +179,7 @@ class AFFSegmenter:
 
     def _call(self, x: torch.Tensor) -> dict:
         # inference needs no auxiliary (per-layer) predictions
-        if self._with_aux_kw:
-            return self.model(x, with_aux=False)
-        return self.model(x)
+        return self.model(x, with_aux=False)
 
     def forward(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw network outputs on CPU: pred_logits (B, Q, K+1), pred_masks (B, Q, h/4, w/4)."""
