@@ -22,13 +22,6 @@ from tilesegcli.store import input_identity
 
 log = logging.getLogger("tileseg")
 
-# The placeholder pixel size of natural-image cards. A card that ``extends`` one and sets its own
-# mpp/mpp_unit (the models/README recipe for aerial use) no longer inherits ``mpp_nominal`` (the
-# zoo drops it), but a card whose mpp was overridden (``with_overrides``) keeps the flag while its
-# pixel size is then real: a card's flag counts only with the untouched placeholder.
-NOMINAL_MPP = (1.0, "um")
-
-
 @dataclass
 class Plan:
     """What run_slide decided about one input before any tile runs."""
@@ -73,12 +66,8 @@ def open_input(src: Path, backend: str) -> Any:
 
 def mpp_is_nominal(segmenter: Segmenter) -> bool:
     """The segmenter's mpp is a placeholder, not a physical pixel size (natural-image model)."""
-    if getattr(segmenter, "mpp_nominal", False):
-        return True
     card = getattr(segmenter, "card", None)
-    if not getattr(card, "mpp_nominal", False) or segmenter.mpp is None:
-        return False
-    return (float(segmenter.mpp), segmenter.mpp_unit) == NOMINAL_MPP
+    return bool(getattr(segmenter, "mpp_nominal", False) or getattr(card, "mpp_nominal", False))
 
 
 def plan_slide(reader: Any, segmenter: Segmenter, config: RunConfig) -> Plan:

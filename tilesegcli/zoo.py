@@ -177,6 +177,9 @@ class ModelCard:
             if old != value:
                 log.warning("model %s: %s %r overrides the card default %r", self.name, key,
                             value, old)
+                if key in ("mpp", "mpp_unit"):
+                    # a pixel size set by the user is a real one (same rule as `extends`)
+                    fields["mpp_nominal"] = False
         return dataclasses.replace(self, postprocess=MappingProxyType(post), **fields)
 
 

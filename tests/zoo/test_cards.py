@@ -261,3 +261,12 @@ def test_import_is_light_and_cli(tmp_path):
     r = subprocess.run(exe + ["models", "show", "aff-nope"], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "unknown model" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_overriding_the_pixel_size_of_a_natural_image_card_makes_it_physical():
+    card = load_card("aff-mini.coco-instance")
+    assert card.mpp_nominal
+    assert card.with_overrides(tile_size=256).mpp_nominal  # other overrides keep the flag
+    assert card.with_overrides(mpp=card.mpp).mpp_nominal  # no change, still the placeholder
+    assert not card.with_overrides(mpp=0.3).mpp_nominal
+    assert not card.with_overrides(mpp_unit="m").mpp_nominal
