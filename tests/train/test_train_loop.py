@@ -118,3 +118,36 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert r.exit_code != 0 and "--resume" in str(r.exception or r.output)
     r = CliRunner().invoke(cmd, ["-O", "nonsense=1"])
     assert r.exit_code != 0 and "nonsense" in str(r.exception or r.output)
+
+
+def test_init_from_checkpoint_and_card(tmp_path: Path) -> None:
+    """--init-from copies every tensor that fits (a checkpoint, or an exported card) and leaves
+    new parts (here a stride-2 mask branch) at their fresh initialisation."""
+    from tilesegcli.train.loop import init_weights, train
+    from tilesegcli.train.net import build_net
+    from tilesegcli.train.validate import export
+
+    a = train(_cfg(tmp_path, "base", 2))
+    src = _weights(a)["model"]
+    arch = json.loads(json.dumps(TINY_ARCH))
+    arch["head_kwargs"]["hires_dim"] = 16
+    cfg = _cfg(tmp_path, "hr", 1).with_updates(architecture=arch)
+    net = build_net(cfg)
+    fresh = {k: v.clone() for k, v in net.state_dict().items()}
+    n, total = init_weights(net, str(a / "last.pt"))
+    got = net.state_dict()
+    assert n == len(src) and total > n
+    for k, v in got.items():
+        assert torch.equal(v, src[k] if k in src else fresh[k]), k
+    (tmp_path / "m").mkdir()
+    card = export(a / "last.pt", tmp_path / "m" / "tiny.json", name="tiny", description="t",
+                  licence="CC0")
+    net2 = build_net(cfg)
+    n2, _ = init_weights(net2, str(card))
+    assert n2 == sum(1 for k in src if k.startswith("model."))
+    k = "model.sem_seg_head.predictor.query_feat.weight"
+    assert torch.equal(net2.state_dict()[k], src[k].half().float())
+    # a run started with init_from logs it and trains with the stride-2 head
+    b = train(cfg.with_updates(init_from=str(a / "last.pt")))
+    log = [json.loads(x) for x in (b / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["event"] == "init" and log[0]["loaded"] == n

@@ -18,6 +18,9 @@ from tilesegcli.errors import UsageError
               help="Override one configuration field (repeatable), e.g. -O lr=1e-4 -O steps=5000.")
 @click.option("--resume", type=click.Path(exists=True, path_type=Path), default=None,
               help="Continue a run: its directory (uses last.pt) or a checkpoint file.")
+@click.option("--init-from", "init_from", default=None, metavar="CARD|CKPT",
+              help="Fine-tune: start from a zoo model (name or card path) or a training checkpoint "
+                   "(tensors that fit are loaded; e.g. --init-from aff-nuclei).")
 @click.option("--validate", "validate_only", is_flag=True,
               help="Only score the --resume checkpoint on the validation images and exit.")
 @click.option("--export", "export_card", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -30,7 +33,7 @@ from tilesegcli.errors import UsageError
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --validate: also write the metrics as JSON.")
 def train(config_path: Path | None, options: tuple[str, ...], resume: Path | None,
-          validate_only: bool, export_card: Path | None, name: str | None, description: str,
+          init_from: str | None, validate_only: bool, export_card: Path | None, name: str | None, description: str,
           licence: str, metrics_json: Path | None, json_out: Path | None) -> None:
     """Train an AFF + Mask2Former instance model on annotated images.
 
@@ -41,6 +44,7 @@ def train(config_path: Path | None, options: tuple[str, ...], resume: Path | Non
 
     \b
     $ tileseg train --config nuclei.json -O out_dir=runs/nuclei
+    $ tileseg train --init-from aff-nuclei -O train_list=mine.json -O out_dir=runs/mine
     $ tileseg train --resume runs/nuclei -O steps=20000
     $ tileseg train --resume runs/nuclei/best.pt --validate
     $ tileseg train --resume runs/nuclei/best.pt --export models/my-nuclei.json --licence "..."
@@ -48,6 +52,10 @@ def train(config_path: Path | None, options: tuple[str, ...], resume: Path | Non
     from tilesegcli.train.config import TrainConfig, parse_options
 
     overrides = parse_options(list(options))
+    if init_from is not None:
+        if resume is not None:
+            raise UsageError("--init-from starts a new run; it cannot be used with --resume")
+        overrides["init_from"] = init_from
     if export_card is not None or validate_only:
         if resume is None:
             raise UsageError("--export/--validate need --resume CHECKPOINT")

@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from tilesegcli.errors import WeightsError
+from tilesegcli.nn.hires import HiResMaskFeatures, masks_from_embed
 from tilesegcli.nn.m2f_decoder import MultiScaleMaskedTransformerDecoder
-from tilesegcli.nn.pixel_decoder import MSDeformAttnPixelDecoder
+from tilesegcli.nn.pixel_decoder import MSDeformAttnPixelDecoder, PixelDecoderOutput
 from tilesegcli.nn.types import BackboneOutput
 
 #: detectron2 PIXEL_MEAN / PIXEL_STD (RGB, 0-255 scale) used by every official SEG config.
@@ -95,9 +96,13 @@ class AFFMask2FormerHead(nn.Module):
         dec_layers: int = 10,
         shepard_power: float = 6.0,
         shepard_power_learnable: bool = True,
+        hires_dim: int = 0,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        # tileseg extension (nn/hires.py): stride-2 output masks; 0 = official stride-4 head
+        self.hires = HiResMaskFeatures(mask_dim, hires_dim) if hires_dim else None
+        self.mask_stride = 2 if hires_dim else 4
         self.pixel_decoder = MSDeformAttnPixelDecoder(
             in_channels, conv_dim=conv_dim, mask_dim=mask_dim, nheads=nheads,
             enc_layers=enc_layers, shepard_power=shepard_power,
@@ -109,15 +114,32 @@ class AFFMask2FormerHead(nn.Module):
             mask_dim=mask_dim,
         )
 
-    def forward(self, feats: BackboneOutput, with_aux: bool = True) -> dict:
+    def forward(self, feats: BackboneOutput, with_aux: bool = True,
+                images: torch.Tensor | None = None) -> dict:
         pd = self.pixel_decoder(feats)
-        return self.predictor(pd.multi_scale_features, pd.multi_scale_pos, pd.mask_features,
-                              pd.mask_pos, pd.canvas_hw, with_aux=with_aux)
+        return self.decode(pd, with_aux=with_aux, images=images)
+
+    def decode(self, pd: PixelDecoderOutput, *, with_aux: bool = True,
+               images: torch.Tensor | None = None) -> dict:
+        """Pixel-decoder output -> predictions (``mask_stride`` says the masks' stride)."""
+        out = self.predictor(pd.multi_scale_features, pd.multi_scale_pos, pd.mask_features,
+                             pd.mask_pos, pd.canvas_hw, with_aux=with_aux,
+                             return_embed=self.hires is not None)
+        if self.hires is not None:
+            if images is None:
+                raise ValueError("this head (hires_dim > 0) needs the input images")
+            fmap = self.hires(images, pd.mask_features, pd.mask_pos, pd.canvas_hw)
+            out["pred_masks"] = masks_from_embed(out.pop("mask_embed"), fmap)
+            for aux, emb in zip(out["aux_outputs"], out.pop("aux_mask_embed"), strict=True):
+                aux["pred_masks"] = masks_from_embed(emb, fmap)
+        out["mask_stride"] = self.mask_stride
+        return out
 
 
 class AFFMask2Former(nn.Module):
     """Backbone + head. forward(images (B, 3, H, W) normalised float) ->
-    pred_logits (B, Q, K+1), pred_masks (B, Q, ceil(H/4), ceil(W/4)) mask logits,
+    pred_logits (B, Q, K+1), pred_masks (B, Q, ceil(H/4), ceil(W/4)) mask logits (twice that
+    size, ``mask_stride`` 2, for a head with ``hires_dim``),
     aux_outputs [{pred_logits, pred_masks}] * (dec_layers - 1) (empty if with_aux=False, which
     skips the intermediate dense masks; use it for inference)."""
 
@@ -148,7 +170,7 @@ class AFFMask2Former(nn.Module):
         if d > 1:
             h, w = images.shape[-2:]
             images = F.pad(images, (0, (-w) % d, 0, (-h) % d))
-        return self.sem_seg_head(self.backbone(images), with_aux=with_aux)
+        return self.sem_seg_head(self.backbone(images), with_aux=with_aux, images=images)
 
     def normalize(self, rgb_uint8: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 RGB -> the normalised float input of ``forward``."""

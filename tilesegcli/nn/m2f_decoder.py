@@ -164,12 +164,15 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         mask_pos: torch.Tensor,
         canvas_hw: tuple[int, int],
         with_aux: bool = True,
+        return_embed: bool = False,
     ) -> dict:
         """feats/poss: the 3 encoder levels (B, n_l, C) / (B, n_l, 2); mask_features (B, n2, D) at
         mask_pos. Returns pred_logits (B, Q, K+1), pred_masks (B, Q, h, w), aux_outputs.
 
         with_aux=False (inference): aux_outputs is empty and intermediate mask logits are computed
-        only at the res2 tokens the attention masks need; final outputs are unchanged."""
+        only at the res2 tokens the attention masks need; final outputs are unchanged.
+        return_embed: also return each prediction's query mask embeddings (B, Q, mask_dim) as
+        ``mask_embed`` (final) and ``aux_mask_embed`` (list, one per aux output)."""
         srcs, pes = [], []
         for i in range(self.num_feature_levels):
             pe = sine_embed(poss[i], self.hidden_dim // 2, per_image=self.pe_per_image)
@@ -194,10 +197,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             to_img = lambda m: m.view(m.shape[0], m.shape[1], *canvas_hw)  # noqa: E731
         query_embed = self.query_embed.weight.unsqueeze(1).repeat(1, b, 1)
         output = self.query_feat.weight.unsqueeze(1).repeat(1, b, 1)
-        classes, masks = [], []
+        classes, masks, embeds = [], [], []
         dense = with_aux or self.num_layers == 0
-        cls, mask, attn_mask = self._predict(output, mask_features, interp[0], dense)
+        cls, mask, attn_mask, emb = self._predict(output, mask_features, interp[0], dense)
         classes.append(cls)
+        embeds.append(emb)
         masks.append(to_img(mask) if dense else None)
         for i in range(self.num_layers):
             lvl = i % self.num_feature_levels
@@ -209,13 +213,18 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             output = self.transformer_ffn_layers[i](output)
             nxt = (i + 1) % self.num_feature_levels
             dense = with_aux or i == self.num_layers - 1
-            cls, mask, attn_mask = self._predict(output, mask_features, interp[nxt], dense)
+            cls, mask, attn_mask, emb = self._predict(output, mask_features, interp[nxt], dense)
             classes.append(cls)
+            embeds.append(emb)
             masks.append(to_img(mask) if dense else None)
         aux = [{"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1],
                                                                   strict=True)]
-        return {"pred_logits": classes[-1], "pred_masks": masks[-1],
-                "aux_outputs": aux if with_aux else []}
+        res = {"pred_logits": classes[-1], "pred_masks": masks[-1],
+               "aux_outputs": aux if with_aux else []}
+        if return_embed:
+            res["mask_embed"] = embeds[-1]
+            res["aux_mask_embed"] = embeds[:-1] if with_aux else []
+        return res
 
     def _predict(
         self,
@@ -223,7 +232,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         mask_features: torch.Tensor,
         interp: tuple[torch.Tensor, torch.Tensor],
         dense: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         dec = self.decoder_norm(output).transpose(0, 1)  # b q c
         cls = self.class_embed(dec)
         emb = self.mask_embed(dec)
@@ -237,4 +246,4 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
                 at_level = (torch.einsum("bqc,bnkc->bnkq", emb, sub) * w[..., None]).sum(2)
             blocked = at_level.permute(0, 2, 1).sigmoid() < 0.5  # b q n_l
             attn_mask = blocked.repeat_interleave(self.num_heads, dim=0)  # b*h q n_l
-        return cls, mask, attn_mask
+        return cls, mask, attn_mask, emb

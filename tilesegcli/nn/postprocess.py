@@ -25,11 +25,13 @@ _CHUNK = 16  # queries upsampled at once
 
 
 def upsample_masks(
-    mask_logits: torch.Tensor, input_hw: tuple[int, int], output_hw: tuple[int, int] | None = None
+    mask_logits: torch.Tensor, input_hw: tuple[int, int], output_hw: tuple[int, int] | None = None,
+    stride: int = 4,
 ) -> torch.Tensor:
-    """(Q, h, w) stride-4 logits -> (Q, H, W): upsample to (4h, 4w), crop to input_hw, resize."""
+    """(Q, h, w) logits at ``stride`` -> (Q, H, W): upsample to (s*h, s*w), crop to input_hw,
+    resize to output_hw."""
     q, h, w = mask_logits.shape
-    up = F.interpolate(mask_logits[None].float(), size=(4 * h, 4 * w), mode="bilinear",
+    up = F.interpolate(mask_logits[None].float(), size=(stride * h, stride * w), mode="bilinear",
                        align_corners=False)
     up = up[:, :, : input_hw[0], : input_hw[1]]
     if output_hw is not None and tuple(output_hw) != tuple(input_hw):
@@ -49,6 +51,7 @@ def semantic_inference(
     output_hw: tuple[int, int] | None = None,
     *,
     resize_probs: bool = True,
+    stride: int = 4,
 ) -> torch.Tensor:
     """Per-class probabilities (K, H, W) = einsum(softmax(cls)[:, :K], sigmoid(upsampled mask)).
 
@@ -59,7 +62,7 @@ def semantic_inference(
     mask_hw = input_hw if resize_probs else output_hw
     out = None
     for s, e in _chunks(pred_masks.shape[0]):
-        m = upsample_masks(pred_masks[s:e], input_hw, mask_hw).sigmoid()
+        m = upsample_masks(pred_masks[s:e], input_hw, mask_hw, stride).sigmoid()
         part = torch.einsum("qc,qhw->chw", cls[s:e], m)
         out = part if out is None else out + part
     assert out is not None
@@ -101,6 +104,7 @@ def instance_inference(
     *,
     topk: int = 100,
     score_threshold: float = 0.0,
+    stride: int = 4,
 ) -> Instances:
     """Mask2Former instance inference, painted into one label image (highest score wins)."""
     qidx, classes, cls_scores = instance_candidates(pred_logits, topk)
@@ -112,7 +116,7 @@ def instance_inference(
     mask_score = torch.zeros(pred_masks.shape[0])
     fg_all: torch.Tensor | None = None
     for s, e in _chunks(len(qs)):
-        m = upsample_masks(pred_masks[qs[s:e]], input_hw, output_hw)
+        m = upsample_masks(pred_masks[qs[s:e]], input_hw, output_hw, stride)
         fg = m > 0
         if fg_all is None:
             fg_all = torch.empty((len(qs), *m.shape[-2:]), dtype=torch.bool)
@@ -156,18 +160,19 @@ def panoptic_inference(
     thing_classes: set[int] | frozenset[int] = frozenset(),
     object_mask_threshold: float = 0.8,
     overlap_threshold: float = 0.8,
+    stride: int = 4,
 ) -> Panoptic:
     """Mask2Former panoptic inference (stuff = classes not in ``thing_classes``)."""
     num_classes = pred_logits.shape[-1] - 1
     scores, labels = F.softmax(pred_logits.float(), dim=-1).max(-1)
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
     kq = torch.nonzero(keep).flatten()
-    hw = upsample_masks(pred_masks[:1], input_hw, output_hw).shape[-2:]
+    hw = upsample_masks(pred_masks[:1], input_hw, output_hw, stride).shape[-2:]
     seg = torch.zeros(hw, dtype=torch.int32)
     info: list[dict] = []
     if len(kq) == 0:
         return Panoptic(seg.numpy(), info)
-    masks = torch.cat([upsample_masks(pred_masks[kq[s:e]], input_hw, output_hw).sigmoid()
+    masks = torch.cat([upsample_masks(pred_masks[kq[s:e]], input_hw, output_hw, stride).sigmoid()
                        for s, e in _chunks(len(kq))])
     cur_scores, cur_classes = scores[kq], labels[kq]
     ids = (cur_scores.view(-1, 1, 1) * masks).argmax(0)
@@ -210,19 +215,20 @@ def postprocess_batch(
     "instance" -> ``Instances``, "panoptic" -> ``Panoptic``. input_hw = the (H, W) given to
     the model (before the backbone's own padding to a multiple of 4)."""
     results: list = []
+    stride = int(outputs.get("mask_stride", 4))
     with torch.no_grad():
         for logits, masks in zip(outputs["pred_logits"], outputs["pred_masks"], strict=True):
             if task == "semantic":
                 results.append(semantic_inference(logits, masks, input_hw, output_hw,
-                                                  resize_probs=resize_probs))
+                                                  resize_probs=resize_probs, stride=stride))
             elif task == "instance":
                 results.append(instance_inference(logits, masks, input_hw, output_hw, topk=topk,
-                                                  score_threshold=score_threshold))
+                                                  score_threshold=score_threshold, stride=stride))
             elif task == "panoptic":
                 results.append(panoptic_inference(
                     logits, masks, input_hw, output_hw, thing_classes=thing_classes,
                     object_mask_threshold=object_mask_threshold,
-                    overlap_threshold=overlap_threshold))
+                    overlap_threshold=overlap_threshold, stride=stride))
             else:
                 raise ValueError(f"task must be semantic/instance/panoptic, got {task!r}")
     return results

@@ -122,6 +122,8 @@ class AFFSegmenter:
         allowed = [k for k in range(n_model) if k + off in set(card.thing_classes)]
         self._excluded = sorted(set(range(n_model)) - set(allowed)) if card.task == "instance" else []
         self._things = frozenset(k - off for k in card.thing_classes)
+        #: stride of the network's mask logits relative to its input
+        self.mask_stride = int(getattr(getattr(model, "sem_seg_head", None), "mask_stride", 4))
 
     @classmethod
     def from_card(cls, card: ModelCard, *, weights: str | Path | None = None,
@@ -163,8 +165,7 @@ class AFFSegmenter:
         with torch.autocast(dev, enabled=False):
             pd = head.pixel_decoder(feats)
         with torch.autocast(dev, dtype=dt):
-            return head.predictor(pd.multi_scale_features, pd.multi_scale_pos, pd.mask_features,
-                                  pd.mask_pos, pd.canvas_hw, with_aux=False)
+            return head.decode(pd, with_aux=False, images=x)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
@@ -182,7 +183,8 @@ class AFFSegmenter:
         return self.model(x, with_aux=False)
 
     def forward(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Raw network outputs on CPU: pred_logits (B, Q, K+1), pred_masks (B, Q, h/4, w/4)."""
+        """Raw network outputs on CPU: pred_logits (B, Q, K+1), pred_masks (B, Q, h/s, w/s),
+        s = ``mask_stride`` (4; 2 for heads with stride-2 mask features)."""
         logits, masks = self._forward(self._prepare(tiles))
         return logits.cpu(), masks.cpu()
 
@@ -200,7 +202,7 @@ class AFFSegmenter:
                   hw: tuple[int, int]) -> np.ndarray:
         from tilesegcli.nn.postprocess import semantic_inference
 
-        s = semantic_inference(logits, masks, hw).float().clamp_(min=0)  # (K, H, W)
+        s = semantic_inference(logits, masks, hw, stride=self.mask_stride).float().clamp_(min=0)
         if self.card.background == "implicit":
             out = torch.empty((s.shape[0] + 1, *s.shape[1:]), dtype=torch.float32)
             torch.amax(s, 0, out=out[0])
@@ -224,13 +226,14 @@ class AFFSegmenter:
                 logits = logits.clone()
                 logits[:, self._excluded] = float("-inf")
             inst = instance_inference(logits, masks, hw, topk=int(post.get("top_k", 100)),
-                                      score_threshold=float(post.get("score_threshold", 0.0)))
+                                      score_threshold=float(post.get("score_threshold", 0.0)),
+                                      stride=self.mask_stride)
             return self._instances(inst.labels, inst.classes + off, inst.scores)
         sem = self._semantic(logits, masks, hw)
         pan = panoptic_inference(
             logits, masks, hw, thing_classes=self._things,
             object_mask_threshold=float(post.get("object_mask_threshold", 0.8)),
-            overlap_threshold=float(post.get("overlap_threshold", 0.8)))
+            overlap_threshold=float(post.get("overlap_threshold", 0.8)), stride=self.mask_stride)
         labels = np.zeros(hw, np.int32)
         classes, scores = [], []
         for seg in pan.info:

@@ -52,6 +52,9 @@ class TrainConfig:
     colour_jitter: float = 0.1
     # model
     architecture: dict[str, Any] = field(default_factory=_default_arch)
+    #: start from these weights (a training checkpoint .pt, or a zoo card name/path); tensors
+    #: whose name and shape match are loaded, the rest keep their fresh initialisation
+    init_from: str | None = None
     mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
     std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
     # loss (Mask2Former defaults; points = sampled mask points per instance)

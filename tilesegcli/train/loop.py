@@ -126,6 +126,12 @@ def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
         step, best = int(state["step"]), dict(state.get("best", best))
         _log(log_path, {"event": "resume", "step": step, "time": time.time()})
     else:
+        if cfg.init_from:
+            n_loaded, n_total = init_weights(net, cfg.init_from)
+            _log(log_path, {"event": "init", "from": cfg.init_from, "loaded": n_loaded,
+                            "of": n_total, "time": time.time()})
+            print(f"[train] initialised {n_loaded}/{n_total} tensors from {cfg.init_from}",
+                  file=sys.stderr, flush=True)
         _log(log_path, {"event": "start", "step": 0, "time": time.time(), "n_params": net.num_params(),
                         "train_images": [d.name for d in train_data],
                         "val_images": [d.name for d in val_data]})
@@ -186,6 +192,33 @@ def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
     _log(log_path, {"event": "stop", "step": step, "time": time.time(), "best": best})
     print(f"[train] stopped at step {step}; checkpoint {out / 'last.pt'}", file=sys.stderr)
     return out
+
+
+def init_weights(net: Any, source: str) -> tuple[int, int]:
+    """Load matching tensors into ``net`` (a TrainNet) from a training checkpoint (``.pt`` with a
+    ``model`` entry of TrainNet keys) or a zoo card (name or path; its weights are the
+    ``net.model`` keys). Returns (tensors loaded, tensors in net)."""
+    import torch
+
+    p = Path(source)
+    if p.suffix == ".pt" or p.is_dir():
+        sd = load_checkpoint(p / "last.pt" if p.is_dir() else p)["model"]
+    else:
+        from tilesegcli.weights import extract_state_dict, resolve_weights
+        from tilesegcli.weights import load_checkpoint as load_weights_file
+        from tilesegcli.zoo import load_card
+
+        card = load_card(source)
+        path = resolve_weights(card, None)
+        sd = {f"model.{k}": v for k, v in extract_state_dict(load_weights_file(path),
+                                                             source=str(path)).items()}
+    own = net.state_dict()
+    take = {k: v.to(own[k].dtype) for k, v in sd.items()
+            if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(own[k].shape)}
+    if not take:
+        raise UsageError(f"--init-from {source}: no tensor fits this network")
+    net.load_state_dict(take, strict=False)
+    return len(take), len(own)
 
 
 def seed_everything(seed: int) -> None:

@@ -83,8 +83,7 @@ class TrainNet(nn.Module):
 
         head = self.model.sem_seg_head
         pd = head.pixel_decoder(self.model.backbone(x))
-        out = head.predictor(pd.multi_scale_features, pd.multi_scale_pos, pd.mask_features,
-                             pd.mask_pos, pd.canvas_hw)
+        out = head.decode(pd, images=x)
         dense = point2img(self.dense(pd.mask_features).permute(0, 2, 1), pd.mask_pos, pd.canvas_hw)
         return out, dense
 

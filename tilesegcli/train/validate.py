@@ -93,7 +93,8 @@ def sweep_thresholds(seg: Any, data: list[Loaded], tile: int, overlap: int,
         for d, specs, outs in raw:
             labs = []
             for lg, mk in outs:
-                inst = instance_inference(lg, mk, (tile, tile), topk=lg.shape[0], score_threshold=thr)
+                inst = instance_inference(lg, mk, (tile, tile), topk=lg.shape[0], score_threshold=thr,
+                                          stride=int(getattr(seg, "mask_stride", 4)))
                 lab = inst.labels
                 area = np.bincount(lab.ravel(), minlength=len(inst.scores) + 1)
                 small = np.nonzero(area < min_area)[0]
