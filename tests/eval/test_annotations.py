@@ -15,6 +15,7 @@ from tilesegcli.annotations import (
     read_annotation,
     read_nucls_npy,
     relabel,
+    split_binary,
 )
 from tilesegcli.errors import AnnotationError
 
@@ -152,3 +153,31 @@ def test_real_monuseg_xml_matches_author_mask(shared_dir: Path) -> None:
     assert a.num_instances == 398
     m = np.asarray(Image.open(d / f"binary_masks_ykrmm/{name}.png")) > 0
     assert ((a.labels > 0) == m).mean() > 0.98  # rasterisation conventions differ by ~1 px
+
+
+def test_split_binary_separates_touching_discs(tmp_path: Path) -> None:
+    from PIL import Image
+
+    yy, xx = np.mgrid[:40, :60]
+    a = (yy - 20) ** 2 + (xx - 18) ** 2 <= 81
+    b = (yy - 20) ** 2 + (xx - 34) ** 2 <= 81  # overlaps a: one connected component
+    c = (yy - 35) ** 2 + (xx - 52) ** 2 <= 4  # small, separate
+    m = (a | b | c).astype(np.uint8) * 255
+    Image.fromarray(m).save(tmp_path / "m.png")
+    assert read_annotation(tmp_path / "m.png").num_instances == 2
+    lab = read_annotation(tmp_path / "m.png", split_touching=True).labels
+    assert lab.max() == 3 and ((lab > 0) == (m > 0)).all()
+    assert len({lab[20, 14], lab[20, 38], lab[35, 52]}) == 3  # disc centres: three objects
+    assert (split_binary(np.zeros((5, 5), bool)) == 0).all()
+
+
+def test_real_monuseg_binary_split_matches_xml(shared_dir: Path) -> None:
+    from PIL import Image
+
+    from tilesegcli.eval.metrics import instance_stats
+
+    d = shared_dir / "data/nuclei/monuseg2018/train"
+    name = "TCGA-B0-5710-01Z-00-DX1"
+    gt = read_annotation(d / f"annotations/{name}.xml", (1000, 1000)).labels
+    m = np.asarray(Image.open(d / f"binary_masks_ykrmm/{name}.png"))
+    assert instance_stats(gt, split_binary(m)).pq > 0.8

@@ -84,6 +84,10 @@ def test_nuclei_manifest_split(shared_dir) -> None:
     assert not {v.name for v in va} & {t.name for t in tr}
     cpm4 = next(t for t in tr if t.name == "cpm15-image04")
     assert cpm4.annotation.endswith("image05_mask.txt")  # the source's swap, fixed
+    tr2, va2 = nuclei_manifest(shared_dir / "data" / "nuclei", monuseg_binary=True)
+    extra = [t for t in tr2 if t.split_touching]
+    assert va2 == va and len(extra) == 17 and len(tr2) == len(tr) + 17
+    assert not {t.name[:12] for t in extra} & {v.name[:12] for v in va}  # no validation patient
 
 
 def test_sampler_roi_limits_patches_and_labels() -> None:

@@ -40,6 +40,7 @@ class TrainConfig:
     # data
     data_preset: str | None = "nuclei"
     data_root: str = "../shared/data/nuclei"
+    monuseg_binary: bool = False  # nuclei preset: add the MoNuSeg images with binary masks only
     train_list: str | None = None
     val_list: str | None = None
     class_names: list[str] = field(default_factory=lambda: ["nucleus"])
@@ -123,7 +124,7 @@ class TrainConfig:
             tr = items_from_json(self.train_list)
             va = items_from_json(self.val_list) if self.val_list else []
         elif self.data_preset == "nuclei":
-            tr, va = nuclei_manifest(self.data_root)
+            tr, va = nuclei_manifest(self.data_root, monuseg_binary=self.monuseg_binary)
         else:
             raise UsageError("no training data: set data_preset='nuclei' or train_list")
         return [load_item(i, self.mpp) for i in tr], [load_item(i, self.mpp) for i in va]

@@ -29,6 +29,8 @@ class DataItem:
     mpp: float
     group: str = ""
     name: str = ""
+    #: binary masks only: split touching objects (``annotations.split_binary``)
+    split_touching: bool = False
 
     @property
     def key(self) -> str:
@@ -86,7 +88,8 @@ def load_item(item: DataItem, mpp: float) -> Loaded:
     img = read_rgb(item.image)
     scale = item.mpp / mpp
     shape = (int(round(img.shape[0] * scale)), int(round(img.shape[1] * scale)))
-    ann = read_annotation(item.annotation, img.shape[:2], scale=scale)
+    ann = read_annotation(item.annotation, img.shape[:2], scale=scale,
+                          split_touching=item.split_touching)
     if ann.shape != shape:
         raise AnnotationError(f"{item.annotation}: resampled to {ann.shape}, image to {shape}")
     return Loaded(item.key, resize_rgb(img, shape), ann)
@@ -104,11 +107,15 @@ _MONUSEG_ORGAN = {"21": "lung", "50": "lung", "A7": "breast", "AR": "breast", "E
                   "B0": "kidney", "CH": "prostate", "G9": "prostate", "NH": "colon"}
 
 
-def nuclei_manifest(root: str | Path) -> tuple[list[DataItem], list[DataItem]]:
+def nuclei_manifest(root: str | Path, *, monuseg_binary: bool = False
+                    ) -> tuple[list[DataItem], list[DataItem]]:
     """(train, val) items of the bundled nuclei data under ``root`` (../shared/data/nuclei).
 
     * MoNuSeg 2018 train, the 13 images with instance XML (40x, 0.2527 µm/px); the 4 images in
       NUCLEI_VAL (lung, breast, kidney, prostate; 4 patients) are the validation split.
+    * ``monuseg_binary``: also the 17 MoNuSeg training images that only have a binary mask
+      (``binary_masks_ykrmm``), touching nuclei split by watershed (``split_binary``; on the 4
+      validation images that split scores PQ 0.85 against their XML). Never a validation patient.
     * CPM-15: image01-07 at 20x (taken as 0.5 µm/px), image08-15 at 40x (0.25 µm/px);
       image04/05 masks are swapped in the source, fixed here.
     * NuCLS: 10 breast crops at 40x (0.25 µm/px).
@@ -122,6 +129,16 @@ def nuclei_manifest(root: str | Path) -> tuple[list[DataItem], list[DataItem]]:
         organ = _MONUSEG_ORGAN.get(xml.stem.split("-")[1], "other")
         it = DataItem(str(img), str(xml), MONUSEG_MPP, f"monuseg:{organ}:{xml.stem[:12]}", xml.stem)
         (val if xml.stem in NUCLEI_VAL else train).append(it)
+    if monuseg_binary:
+        have_xml = {Path(i.annotation).stem for i in train + val}
+        val_patients = {n[:12] for n in NUCLEI_VAL}
+        for png in sorted((mon / "binary_masks_ykrmm").glob("*.png")):
+            if png.stem in have_xml or png.stem[:12] in val_patients:
+                continue
+            img = mon / "images" / f"{png.stem}.tif"
+            organ = _MONUSEG_ORGAN.get(png.stem.split("-")[1], "other")
+            train.append(DataItem(str(img), str(png), MONUSEG_MPP,
+                                  f"monuseg:{organ}:{png.stem[:12]}", png.stem, split_touching=True))
     cpm = r / "cpm15"
     swap = {"image04": "image05", "image05": "image04"}
     for png in sorted(cpm.glob("image[0-9][0-9].png")):
@@ -139,8 +156,8 @@ def nuclei_manifest(root: str | Path) -> tuple[list[DataItem], list[DataItem]]:
 
 
 def items_from_json(path: str | Path) -> list[DataItem]:
-    """A list of {"image", "annotation", "mpp", ["group"], ["name"]} objects (paths relative to
-    the file)."""
+    """A list of {"image", "annotation", "mpp", ["group"], ["name"], ["split_touching"]} objects
+    (paths relative to the file)."""
     p = Path(path)
     try:
         rows = json.loads(p.read_text())
@@ -149,7 +166,8 @@ def items_from_json(path: str | Path) -> list[DataItem]:
             img, ann = Path(r["image"]), Path(r["annotation"])
             out.append(DataItem(str(img if img.is_absolute() else p.parent / img),
                                 str(ann if ann.is_absolute() else p.parent / ann),
-                                float(r["mpp"]), str(r.get("group", "")), str(r.get("name", ""))))
+                                float(r["mpp"]), str(r.get("group", "")), str(r.get("name", "")),
+                                bool(r.get("split_touching", False))))
         return out
     except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise UsageError(f"{p}: bad data list ({e})") from e
