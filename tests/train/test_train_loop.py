@@ -151,3 +151,13 @@ def test_init_from_checkpoint_and_card(tmp_path: Path) -> None:
     b = train(cfg.with_updates(init_from=str(a / "last.pt")))
     log = [json.loads(x) for x in (b / "train_log.jsonl").read_text().splitlines()]
     assert log[0]["event"] == "init" and log[0]["loaded"] == n
+    # the exported stride-2 model runs through the shipped Segmenter at full tile resolution
+    from tilesegcli.zoo import load_segmenter
+
+    hr = export(b / "last.pt", tmp_path / "m" / "tiny-hr.json", name="tiny-hr", description="t",
+                licence="CC0")
+    seg = load_segmenter(str(hr), device="cpu")
+    assert seg.mask_stride == 2
+    img = np.full((1, 64, 64, 3), 225, np.uint8)
+    assert seg.forward(img)[1].shape[-2:] == (32, 32)
+    assert seg.predict_batch(img)[0].labels.shape == (64, 64)
