@@ -103,6 +103,14 @@ def test_exact_resume_and_export(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     v = json.loads((tmp_path / "v.json").read_text())
     assert v["step"] == 4 and v["mean"]["dice"] == pytest.approx(res["mean"]["dice"], nan_ok=True)
+    # a threshold sweep at the card's own threshold reproduces the validation numbers
+    r = CliRunner().invoke(cmd, ["--resume", str(a / "last.pt"), "--validate", "--thresholds",
+                                 f"0.9,{cfg.score_threshold}", "--json", str(tmp_path / "s.json")])
+    assert r.exit_code == 0, r.output
+    sw = json.loads((tmp_path / "s.json").read_text())["thresholds"]
+    assert sw[str(cfg.score_threshold)]["dice"] == pytest.approx(res["mean"]["dice"], nan_ok=True)
+    r = CliRunner().invoke(cmd, ["--resume", str(a / "last.pt"), "--validate", "--thresholds", "x"])
+    assert r.exit_code != 0
     # fp16 weights: the loaded model equals the checkpoint rounded to fp16
     k = next(iter(k for k in wa["model"] if k.startswith("model.") and wa["model"][k].is_floating_point()))
     got = seg.model.state_dict()[k[len("model."):]]

@@ -23,6 +23,9 @@ from tilesegcli.errors import UsageError
                    "(tensors that fit are loaded; e.g. --init-from aff-nuclei).")
 @click.option("--validate", "validate_only", is_flag=True,
               help="Only score the --resume checkpoint on the validation images and exit.")
+@click.option("--thresholds", default=None, metavar="T1,T2,...",
+              help="With --validate: score each instance score threshold (one network pass), "
+                   "e.g. to pick the card's score_threshold on a tuning list (-O val_list=...).")
 @click.option("--export", "export_card", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Only write the --resume checkpoint as a model card (+ .safetensors beside it).")
 @click.option("--name", default=None, help="Model name for --export (default: the card's stem).")
@@ -33,7 +36,7 @@ from tilesegcli.errors import UsageError
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --validate: also write the metrics as JSON.")
 def train(config_path: Path | None, options: tuple[str, ...], resume: Path | None,
-          init_from: str | None, validate_only: bool, export_card: Path | None, name: str | None, description: str,
+          init_from: str | None, thresholds: str | None, validate_only: bool, export_card: Path | None, name: str | None, description: str,
           licence: str, metrics_json: Path | None, json_out: Path | None) -> None:
     """Train an AFF + Mask2Former instance model on annotated images.
 
@@ -63,7 +66,7 @@ def train(config_path: Path | None, options: tuple[str, ...], resume: Path | Non
         if not ckpt.is_file():
             ckpt = resume / "last.pt"
         if validate_only:
-            _validate(ckpt, overrides, json_out)
+            _validate(ckpt, overrides, json_out, _parse_thresholds(thresholds))
         if export_card is not None:
             from tilesegcli.train.validate import export
 
@@ -82,7 +85,20 @@ def train(config_path: Path | None, options: tuple[str, ...], resume: Path | Non
     click.echo(str(out))
 
 
-def _validate(ckpt: Path, overrides: dict, json_out: Path | None) -> None:
+def _parse_thresholds(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        vals = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError as e:
+        raise UsageError(f"--thresholds expects numbers separated by commas, got {text!r}") from e
+    if not vals or not all(0.0 <= v <= 1.0 for v in vals):
+        raise UsageError(f"--thresholds must be values in [0, 1], got {text!r}")
+    return vals
+
+
+def _validate(ckpt: Path, overrides: dict, json_out: Path | None,
+              thresholds: list[float] | None = None) -> None:
     import torch
 
     from tilesegcli.train.config import TrainConfig
@@ -98,6 +114,18 @@ def _validate(ckpt: Path, overrides: dict, json_out: Path | None) -> None:
     _, val = cfg.load_data()
     if not val:
         raise UsageError("the configuration has no validation images")
+    if thresholds is not None:
+        from tilesegcli.train.validate import segmenter_for, sweep_thresholds
+
+        with torch.no_grad():
+            sweep = sweep_thresholds(segmenter_for(net, cfg), val, cfg.tile, cfg.overlap, thresholds)
+        for t, m in sweep.items():
+            click.echo(f"threshold {t:<6g} " + "  ".join(
+                f"{k.upper()} {_f(m[k])}" for k in ("pq", "dq", "sq", "aji", "f1", "dice")))
+        if json_out is not None:
+            write_json(json_out, {"checkpoint": str(ckpt), "step": int(state["step"]),
+                                  "thresholds": {str(t): m for t, m in sweep.items()}})
+        return
     res = validate(net, val, cfg)
     res["checkpoint"] = str(ckpt)
     res["step"] = int(state["step"])
