@@ -72,6 +72,25 @@ def test_instance_threshold_and_empty() -> None:
     assert res.labels.dtype == np.int32
 
 
+def test_instance_min_visible_drops_hidden_duplicates() -> None:
+    # 1 class; query 0: a big confident disc; query 1: a slightly shifted duplicate, less sure;
+    # query 2: a separate object. Masks at stride 4 on a 32 x 32 input.
+    yy, xx = torch.meshgrid(torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    masks = torch.full((3, 8, 8), -8.0)
+    masks[0][(yy - 3) ** 2 + (xx - 3) ** 2 <= 5] = 8.0
+    masks[1][(yy - 3) ** 2 + (xx - 4) ** 2 <= 5] = 8.0
+    masks[2][(yy - 6.5) ** 2 + (xx - 6.5) ** 2 <= 1] = 8.0
+    logits = torch.tensor([[4.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+    base = instance_inference(logits, masks, (32, 32), topk=3)
+    assert len(base.scores) == 3  # the duplicate survives as a sliver
+    sliver = (base.labels == 3).sum() if base.scores[2] < base.scores[1] else (base.labels == 2).sum()
+    res = instance_inference(logits, masks, (32, 32), topk=3, min_visible=0.5)
+    assert len(res.scores) == 2 and sliver > 0
+    assert (res.labels > 0).sum() == (base.labels > 0).sum() - sliver
+    np.testing.assert_array_equal(res.scores, base.scores[[0, 1]] if base.scores[1] > base.scores[2]
+                                  else base.scores[[0, 2]])
+
+
 def test_panoptic_stuff_merge_and_overlap() -> None:
     k = 3  # classes 0, 1 stuff; 2 thing
     logits = torch.full((4, k + 1), -10.0)

@@ -105,8 +105,13 @@ def instance_inference(
     topk: int = 100,
     score_threshold: float = 0.0,
     stride: int = 4,
+    min_visible: float = 0.0,
 ) -> Instances:
-    """Mask2Former instance inference, painted into one label image (highest score wins)."""
+    """Mask2Former instance inference, painted into one label image (highest score wins).
+
+    ``min_visible`` > 0 (a tileseg option; 0 = official behaviour) drops an instance when less
+    than that fraction of its own mask stays visible after painting — the duplicate masks of a
+    set predictor then vanish instead of leaving slivers; its pixels become background."""
     qidx, classes, cls_scores = instance_candidates(pred_logits, topk)
     qs = torch.unique(qidx)
     slot = torch.zeros(pred_masks.shape[0], dtype=torch.long)
@@ -133,9 +138,16 @@ def instance_inference(
     if fg_all is not None:
         for i in range(len(order) - 1, -1, -1):
             labels.masked_fill_(fg_all[slot[qidx[i]]], i + 1)
-    present = torch.zeros(len(order) + 1, dtype=torch.bool)
-    present[labels.flatten().long()] = True
-    keep = present[1:]
+    visible = torch.bincount(labels.flatten().long(), minlength=len(order) + 1)
+    if min_visible > 0 and fg_all is not None and len(order):
+        own = fg_all.flatten(1).sum(1)[slot[qidx]]
+        hidden = visible[1:] < min_visible * own
+        if bool(hidden.any()):
+            drop = torch.zeros(len(order) + 1, dtype=torch.bool)
+            drop[1:] = hidden
+            labels = torch.where(drop[labels.long()], 0, labels)
+            visible[1:][hidden] = 0
+    keep = visible[1:] > 0
     remap = torch.zeros(len(order) + 1, dtype=torch.int32)
     remap[1:][keep] = torch.arange(1, int(keep.sum()) + 1, dtype=torch.int32)
     labels = remap[labels.long()]

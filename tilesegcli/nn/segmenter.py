@@ -227,7 +227,8 @@ class AFFSegmenter:
                 logits[:, self._excluded] = float("-inf")
             inst = instance_inference(logits, masks, hw, topk=int(post.get("top_k", 100)),
                                       score_threshold=float(post.get("score_threshold", 0.0)),
-                                      stride=self.mask_stride)
+                                      stride=self.mask_stride,
+                                      min_visible=float(post.get("min_visible_fraction", 0.0)))
             return self._instances(inst.labels, inst.classes + off, inst.scores)
         sem = self._semantic(logits, masks, hw)
         pan = panoptic_inference(

@@ -89,6 +89,7 @@ class TrainConfig:
     score_threshold: float = 0.5
     object_mask_threshold: float = 0.5
     overlap_threshold: float = 0.5
+    min_visible_fraction: float = 0.0  # instance: drop masks mostly hidden by better ones
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
