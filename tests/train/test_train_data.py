@@ -90,6 +90,20 @@ def test_nuclei_manifest_split(shared_dir) -> None:
     assert not {t.name[:12] for t in extra} & {v.name[:12] for v in va}  # no validation patient
 
 
+def test_val_list_replaces_preset_validation(shared_dir, tmp_path) -> None:
+    import json
+
+    from tilesegcli.train.config import TrainConfig
+
+    tr, _ = nuclei_manifest(shared_dir / "data" / "nuclei")
+    it = tr[0]
+    (tmp_path / "v.json").write_text(json.dumps([{"image": it.image, "annotation": it.annotation,
+                                                  "mpp": it.mpp, "name": "tune"}]))
+    cfg = TrainConfig(data_root=str(shared_dir / "data" / "nuclei"), val_list=str(tmp_path / "v.json"))
+    got_tr, got_va = cfg.load_data(train=False)
+    assert got_tr == [] and [v.name for v in got_va] == ["tune"]
+
+
 def test_sampler_roi_limits_patches_and_labels() -> None:
     d = _loaded()
     roi = np.zeros(d.ann.labels.shape, bool)

@@ -112,7 +112,7 @@ def _validate(ckpt: Path, overrides: dict, json_out: Path | None,
     torch.set_num_threads(cfg.threads)
     net = build_net(cfg)
     net.load_state_dict(state["model"])
-    _, val = cfg.load_data()
+    _, val = cfg.load_data(train=False)
     if not val:
         raise UsageError("the configuration has no validation images")
     if thresholds is not None:

@@ -117,18 +117,21 @@ class TrainConfig:
             d[k] = v
         return TrainConfig.from_dict(d)
 
-    def load_data(self) -> tuple[list, list]:
-        """(train, val) lists of :class:`~tilesegcli.train.data.Loaded` at ``mpp``."""
+    def load_data(self, train: bool = True) -> tuple[list, list]:
+        """(train, val) lists of :class:`~tilesegcli.train.data.Loaded` at ``mpp``. ``val_list``
+        replaces the preset's validation images; ``train=False`` skips loading training images."""
         from tilesegcli.train.data import items_from_json, load_item, nuclei_manifest
 
         if self.train_list:
-            tr = items_from_json(self.train_list)
-            va = items_from_json(self.val_list) if self.val_list else []
+            tr, va = items_from_json(self.train_list), []
         elif self.data_preset == "nuclei":
             tr, va = nuclei_manifest(self.data_root, monuseg_binary=self.monuseg_binary)
         else:
             raise UsageError("no training data: set data_preset='nuclei' or train_list")
-        return [load_item(i, self.mpp) for i in tr], [load_item(i, self.mpp) for i in va]
+        if self.val_list:
+            va = items_from_json(self.val_list)
+        return ([load_item(i, self.mpp) for i in tr] if train else [],
+                [load_item(i, self.mpp) for i in va])
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:
