@@ -103,6 +103,25 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} != {b!r}"]
 
 
+#: a store's temporary build directory older than this was left by a killed process
+STALE_TEMP_SECONDS = 3600.0
+
+
+def _remove_stale_temps(p: Path) -> None:
+    """Delete ``.NAME.tmp-PID`` build directories of ``p`` left by killed processes. Creating a
+    store takes well under a second, so only directories untouched for STALE_TEMP_SECONDS go
+    (age, not PID liveness: on a shared filesystem the PID may belong to another node)."""
+    import time
+
+    now = time.time()
+    for t in p.parent.glob(f".{p.name}.tmp-*"):
+        try:
+            if now - t.stat().st_mtime > STALE_TEMP_SECONDS:
+                shutil.rmtree(t, ignore_errors=True)
+        except OSError:
+            continue
+
+
 class TileStore:
     """A run's zarr store. Create/open with :meth:`open_or_create` (pipeline) or :meth:`open`."""
 
@@ -155,6 +174,7 @@ class TileStore:
         build it in a temporary directory and rename it into place (safe when N shards race)."""
         p = Path(path)
         if not p.exists():
+            _remove_stale_temps(p)
             try:
                 cls._create(p, {
                     "format": FORMAT,

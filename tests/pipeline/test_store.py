@@ -143,3 +143,18 @@ def test_merge_lock_is_exclusive(tmp_path):
 def _try_lock(path, q):
     with TileStore.open(path).merge_lock() as got:
         q.put(got)
+
+
+def test_stale_temp_dirs_of_killed_creators_are_removed(tmp_path):
+    import os
+    import time
+
+    p = tmp_path / "s.zarr"
+    old = tmp_path / ".s.zarr.tmp-999999"  # a creator killed long ago
+    fresh = tmp_path / ".s.zarr.tmp-999998"  # maybe still building (another node)
+    for d in (old, fresh):
+        (d / "sub").mkdir(parents=True)
+    t = time.time() - 2 * 3600
+    os.utime(old, (t, t))
+    _store(p)
+    assert p.is_dir() and not old.exists() and fresh.exists()
