@@ -32,7 +32,8 @@ Card format (JSON object, ``"format": 1``)::
     mpp_nominal       true when the model has no physical pixel size (natural-image models)
     tile_size, overlap, min_area   tiling defaults at the working resolution (px, px, px^2)
     postprocess       {"score_threshold", "top_k", "object_mask_threshold", "overlap_threshold",
-                       "min_visible_fraction" (instance: drop masks less visible than that)}
+                       "min_visible_fraction" (instance: drop masks less visible than that),
+                       "cleanup_radius" (instance: >= 0 closes/fills/keeps the largest piece)}
     weights           {"url": str|null, "sha256": hex|null (null = unknown: verified by strict
                        loading), "size": bytes|null, "filename": str, "bundled": bool (file lives
                        next to the card), "format": "auto"|"detectron2"|"state_dict"|
@@ -84,7 +85,8 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 _OVERRIDABLE = ("tile_size", "overlap", "mpp", "mpp_unit", "min_area")
 _POSTPROCESS_DEFAULTS = {"score_threshold": 0.5, "top_k": 100, "object_mask_threshold": 0.8,
-                         "overlap_threshold": 0.8, "min_visible_fraction": 0.0}
+                         "overlap_threshold": 0.8, "min_visible_fraction": 0.0,
+                         "cleanup_radius": -1}
 
 
 class InvalidCardError(UsageError):

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from tilesegcli.nn.postprocess import (
+    clean_instances,
     instance_inference,
     panoptic_inference,
     semantic_inference,
@@ -89,6 +90,43 @@ def test_instance_min_visible_drops_hidden_duplicates() -> None:
     assert (res.labels > 0).sum() == (base.labels > 0).sum() - sliver
     np.testing.assert_array_equal(res.scores, base.scores[[0, 1]] if base.scores[1] > base.scores[2]
                                   else base.scores[[0, 2]])
+
+
+def test_clean_instances_fill_largest_piece_and_priority() -> None:
+    lab = np.zeros((20, 30), np.int32)
+    lab[2:10, 2:10] = 1
+    lab[5, 5] = 0  # a hole in instance 1
+    lab[15:17, 2:4] = 1  # a stray fragment of instance 1
+    lab[2:10, 12:20] = 2
+    lab[4:8, 14:18] = 0  # instance 2 is a ring: its hole is filled
+    lab[12:14, 25:27] = 3
+    out, kept = clean_instances(lab, radius=0)
+    assert kept.tolist() == [True, True, True] and out.max() == 3
+    assert (out[2:10, 2:10] == 1).all() and (out[15:17, 2:4] == 0).all()
+    assert (out[2:10, 12:20] == 2).all()
+    # an instance never grows into another: 1's hole is filled only where no one else is
+    lab2 = np.zeros((10, 10), np.int32)
+    lab2[1:8, 1:8] = 1
+    lab2[3:5, 3:5] = 2  # 2 sits inside 1 (1 has higher priority but 2 owns those pixels)
+    out2, kept2 = clean_instances(lab2, radius=0)
+    assert kept2.all() and (out2[3:5, 3:5] == 2).all() and (out2 == 1).sum() == 49 - 4
+    # radius 0 keeps the larger piece only; closing with radius 1 joins the two pieces
+    lab3 = np.zeros((9, 12), np.int32)
+    lab3[3:6, 1:5] = 1
+    lab3[3:6, 6:10] = 1
+    assert (clean_instances(lab3, radius=0)[0] == 1).sum() == 12
+    assert (clean_instances(lab3, radius=1)[0] == 1).sum() == 25  # the middle row bridges
+    empty, k = clean_instances(np.zeros((4, 4), np.int32))
+    assert empty.max() == 0 and k.size == 0
+
+
+def test_instance_inference_cleanup_keeps_scores_aligned() -> None:
+    logits, masks = _preds(3)
+    a = instance_inference(logits, masks, (24, 20), topk=10)
+    b = instance_inference(logits, masks, (24, 20), topk=10, cleanup_radius=0)
+    assert len(b.scores) == b.labels.max() <= len(a.scores)
+    assert set(b.scores.tolist()) <= set(a.scores.tolist())
+    assert np.all(np.diff(b.scores) <= 0)
 
 
 def test_panoptic_stuff_merge_and_overlap() -> None:

@@ -106,12 +106,15 @@ def instance_inference(
     score_threshold: float = 0.0,
     stride: int = 4,
     min_visible: float = 0.0,
+    cleanup_radius: int = -1,
 ) -> Instances:
     """Mask2Former instance inference, painted into one label image (highest score wins).
 
     ``min_visible`` > 0 (a tileseg option; 0 = official behaviour) drops an instance when less
     than that fraction of its own mask stays visible after painting — the duplicate masks of a
-    set predictor then vanish instead of leaving slivers; its pixels become background."""
+    set predictor then vanish instead of leaving slivers; its pixels become background.
+    ``cleanup_radius`` >= 0 (tileseg option; -1 = off) then tidies every instance
+    (:func:`clean_instances`)."""
     qidx, classes, cls_scores = instance_candidates(pred_logits, topk)
     qs = torch.unique(qidx)
     slot = torch.zeros(pred_masks.shape[0], dtype=torch.long)
@@ -150,9 +153,54 @@ def instance_inference(
     keep = visible[1:] > 0
     remap = torch.zeros(len(order) + 1, dtype=torch.int32)
     remap[1:][keep] = torch.arange(1, int(keep.sum()) + 1, dtype=torch.int32)
-    labels = remap[labels.long()]
-    return Instances(labels.numpy(), classes[keep].numpy().astype(np.int64),
-                     scores[keep].numpy().astype(np.float32))
+    labels_np = remap[labels.long()].numpy()
+    classes_np = classes[keep].numpy().astype(np.int64)
+    scores_np = scores[keep].numpy().astype(np.float32)
+    if cleanup_radius >= 0 and len(scores_np):
+        labels_np, kept = clean_instances(labels_np, cleanup_radius)
+        classes_np, scores_np = classes_np[kept], scores_np[kept]
+    return Instances(labels_np, classes_np, scores_np)
+
+
+def clean_instances(labels: np.ndarray, radius: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Tidy an instance label image (1..N in priority order, as ``instance_inference`` paints
+    it): each instance is closed with a disk of ``radius`` px, its holes filled and only its
+    largest connected piece kept — the usual clean-up of nuclei post-processing (compact,
+    hole-free objects; stray fragments dropped). An instance grows only into background, never
+    into another instance. Returns (relabelled image 1..M, bool (N,) of the instances kept)."""
+    from scipy import ndimage as ndi
+
+    n = int(labels.max(initial=0))
+    out = np.zeros_like(labels)
+    kept = np.zeros(n, bool)
+    if n == 0:
+        return out, kept
+    r = max(0, int(radius))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    disk = (yy ** 2 + xx ** 2) <= r * r
+    boxes = ndi.find_objects(labels)
+    h, w = labels.shape
+    nxt = 1
+    for i, sl in enumerate(boxes, start=1):
+        if sl is None:
+            continue
+        y0, y1 = max(0, sl[0].start - r - 1), min(h, sl[0].stop + r + 1)
+        x0, x1 = max(0, sl[1].start - r - 1), min(w, sl[1].stop + r + 1)
+        m = labels[y0:y1, x0:x1] == i
+        if r:
+            m = ndi.binary_closing(np.pad(m, r), structure=disk)[r:-r, r:-r]
+        m = ndi.binary_fill_holes(m)
+        free = (labels[y0:y1, x0:x1] == 0) | (labels[y0:y1, x0:x1] == i)
+        m &= free & (out[y0:y1, x0:x1] == 0)
+        comp, k = ndi.label(m)
+        if k == 0:
+            continue
+        if k > 1:
+            m = comp == (1 + int(np.argmax(np.bincount(comp.ravel())[1:])))
+        out[y0:y1, x0:x1][m] = nxt
+        kept[i - 1] = True
+        nxt += 1
+    return out, kept
 
 
 @dataclass

@@ -90,6 +90,8 @@ class TrainConfig:
     object_mask_threshold: float = 0.5
     overlap_threshold: float = 0.5
     min_visible_fraction: float = 0.0  # instance: drop masks mostly hidden by better ones
+    cleanup_radius: int = -1  # instance: >= 0 closes, fills holes, keeps the largest piece
+    min_area: int = 4  # instances smaller than this (px at mpp) are dropped at inference
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
