@@ -33,7 +33,8 @@ Card format (JSON object, ``"format": 1``)::
     tile_size, overlap, min_area   tiling defaults at the working resolution (px, px, px^2)
     postprocess       {"score_threshold", "top_k", "object_mask_threshold", "overlap_threshold",
                        "min_visible_fraction" (instance: drop masks less visible than that),
-                       "cleanup_radius" (instance: >= 0 closes/fills/keeps the largest piece)}
+                       "cleanup_radius" (instance: >= 0 closes/fills/keeps the largest piece),
+                       "mask_threshold" (instance: mask probability cut, default 0.5)}
     weights           {"url": str|null, "sha256": hex|null (null = unknown: verified by strict
                        loading), "size": bytes|null, "filename": str, "bundled": bool (file lives
                        next to the card), "format": "auto"|"detectron2"|"state_dict"|
@@ -86,7 +87,7 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 _OVERRIDABLE = ("tile_size", "overlap", "mpp", "mpp_unit", "min_area")
 _POSTPROCESS_DEFAULTS = {"score_threshold": 0.5, "top_k": 100, "object_mask_threshold": 0.8,
                          "overlap_threshold": 0.8, "min_visible_fraction": 0.0,
-                         "cleanup_radius": -1}
+                         "cleanup_radius": -1, "mask_threshold": 0.5}
 
 
 class InvalidCardError(UsageError):

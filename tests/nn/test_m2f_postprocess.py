@@ -120,6 +120,18 @@ def test_clean_instances_fill_largest_piece_and_priority() -> None:
     assert empty.max() == 0 and k.size == 0
 
 
+def test_instance_mask_threshold() -> None:
+    logits, masks = _preds(4)
+    a = instance_inference(logits, masks, (24, 20), topk=10)
+    b = instance_inference(logits, masks, (24, 20), topk=10, mask_threshold=0.5)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    # a stricter cut shrinks the covered area; each kept pixel's mask probability exceeds it
+    c = instance_inference(logits, masks, (24, 20), topk=10, mask_threshold=0.9)
+    assert 0 < (c.labels > 0).sum() < (a.labels > 0).sum()
+    up = upsample_masks(masks, (24, 20)).sigmoid()
+    assert bool((up.amax(0)[torch.from_numpy(c.labels > 0)] > 0.9).all())
+
+
 def test_instance_inference_cleanup_keeps_scores_aligned() -> None:
     logits, masks = _preds(3)
     a = instance_inference(logits, masks, (24, 20), topk=10)

@@ -121,7 +121,8 @@ def _validate(ckpt: Path, overrides: dict, json_out: Path | None,
         with torch.no_grad():
             sweep = sweep_thresholds(segmenter_for(net, cfg), val, cfg.tile, cfg.overlap, thresholds,
                                      min_area=cfg.min_area, min_visible=cfg.min_visible_fraction,
-                                     cleanup_radius=cfg.cleanup_radius)
+                                     cleanup_radius=cfg.cleanup_radius,
+                                     mask_threshold=cfg.mask_threshold)
         for t, m in sweep.items():
             click.echo(f"threshold {t:<6g} " + "  ".join(
                 f"{k.upper()} {_f(m[k])}" for k in ("pq", "dq", "sq", "aji", "f1", "dice")))

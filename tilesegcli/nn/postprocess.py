@@ -15,6 +15,7 @@ Class indices are the model's 0-based indices over its K classes (no background 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,7 @@ def instance_inference(
     stride: int = 4,
     min_visible: float = 0.0,
     cleanup_radius: int = -1,
+    mask_threshold: float = 0.5,
 ) -> Instances:
     """Mask2Former instance inference, painted into one label image (highest score wins).
 
@@ -114,7 +116,8 @@ def instance_inference(
     than that fraction of its own mask stays visible after painting — the duplicate masks of a
     set predictor then vanish instead of leaving slivers; its pixels become background.
     ``cleanup_radius`` >= 0 (tileseg option; -1 = off) then tidies every instance
-    (:func:`clean_instances`)."""
+    (:func:`clean_instances`). ``mask_threshold``: mask probability above which a pixel is
+    foreground (0.5 = official)."""
     qidx, classes, cls_scores = instance_candidates(pred_logits, topk)
     qs = torch.unique(qidx)
     slot = torch.zeros(pred_masks.shape[0], dtype=torch.long)
@@ -123,9 +126,11 @@ def instance_inference(
     # mean sigmoid inside the foreground
     mask_score = torch.zeros(pred_masks.shape[0])
     fg_all: torch.Tensor | None = None
+    p = min(max(float(mask_threshold), 1e-6), 1 - 1e-6)
+    cut = math.log(p / (1 - p))  # the logit of mask_threshold (0 for 0.5)
     for s, e in _chunks(len(qs)):
         m = upsample_masks(pred_masks[qs[s:e]], input_hw, output_hw, stride)
-        fg = m > 0
+        fg = m > cut
         if fg_all is None:
             fg_all = torch.empty((len(qs), *m.shape[-2:]), dtype=torch.bool)
         fg_all[s:e] = fg

@@ -229,7 +229,8 @@ class AFFSegmenter:
                                       score_threshold=float(post.get("score_threshold", 0.0)),
                                       stride=self.mask_stride,
                                       min_visible=float(post.get("min_visible_fraction", 0.0)),
-                                      cleanup_radius=int(post.get("cleanup_radius", -1)))
+                                      cleanup_radius=int(post.get("cleanup_radius", -1)),
+                                      mask_threshold=float(post.get("mask_threshold", 0.5)))
             return self._instances(inst.labels, inst.classes + off, inst.scores)
         sem = self._semantic(logits, masks, hw)
         pan = panoptic_inference(

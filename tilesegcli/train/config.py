@@ -92,6 +92,7 @@ class TrainConfig:
     min_visible_fraction: float = 0.0  # instance: drop masks mostly hidden by better ones
     cleanup_radius: int = -1  # instance: >= 0 closes, fills holes, keeps the largest piece
     min_area: int = 4  # instances smaller than this (px at mpp) are dropped at inference
+    mask_threshold: float = 0.5  # instance: mask probability above which a pixel is foreground
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
