@@ -85,7 +85,6 @@ def test_exact_resume_and_export(tmp_path: Path) -> None:
     _, val = cfg.load_data()
     res = validate(net, val, cfg)
     assert set(res["mean"]) >= {"pq", "aji", "f1", "dice"}
-    (tmp_path / "m").mkdir()
     card = export(a / "last.pt", tmp_path / "m" / "tiny.json", name="tiny", description="test",
                   licence="CC0", metrics={"val PQ": res["mean"]["pq"]})
     d = json.loads(card.read_text())

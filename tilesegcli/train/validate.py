@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tilesegcli.errors import UsageError
 from tilesegcli.eval.evaluate import evaluate_arrays
 from tilesegcli.tiling import iter_tiles, make_grid
 
@@ -161,6 +162,10 @@ def export(checkpoint: str | Path, card_path: str | Path, *, name: str, descript
     cfg = TrainConfig.from_dict(state["config"]).with_updates(**(overrides or {}))
     sd = {k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")}
     card_path = Path(card_path)
+    try:
+        card_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {card_path.parent}: {e.strerror or e}") from None
     wfile = card_path.with_suffix(".safetensors")
     sha = save_safetensors(sd, wfile, half=half)
     info = {"trained_steps": int(state["step"]), "training": extra or {}}
