@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--throughput", required=True)
     ap.add_argument("--score-threshold", type=float, required=True)
     ap.add_argument("--min-visible", type=float, required=True)
+    ap.add_argument("--cleanup-radius", type=int, required=True)
+    ap.add_argument("--min-area", type=int, required=True)
     ap.add_argument("--out", default="models/aff-nuclei.json")
     a = ap.parse_args()
 
@@ -65,7 +67,8 @@ def main() -> None:
                 f"0.2527 -> {cfg.mpp} um/px, prediction through the shipped AFFSegmenter on "
                 f"{cfg.tile} px tiles (overlap {cfg.overlap}) with centroid-in-core stitching; "
                 "PQ/F1 match at IoU > 0.5, AJI per Kumar et al. 2017, Dice = binary. "
-                f"score_threshold {a.score_threshold} and min_visible_fraction {a.min_visible} "
+                f"post-processing (score_threshold {a.score_threshold}, min_visible_fraction "
+                f"{a.min_visible}, cleanup_radius {a.cleanup_radius}, min_area {a.min_area} px) "
                 "chosen on 4 MoNuSeg training images (training/tune_list.json), not on these"),
         "step": step,
         "val PQ (tileseg predict+eval, full res)": round(em["pq"], 4),
@@ -108,7 +111,8 @@ def main() -> None:
     p = export(a.checkpoint, a.out, name="aff-nuclei", description=description, licence=LICENCE,
                metrics=metrics, extra=extra,
                overrides={"score_threshold": a.score_threshold,
-                          "min_visible_fraction": a.min_visible})
+                          "min_visible_fraction": a.min_visible,
+                          "cleanup_radius": a.cleanup_radius, "min_area": a.min_area})
     print(p)
 
 
