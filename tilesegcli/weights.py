@@ -340,6 +340,9 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.Path
         tensors[k] = v.contiguous()
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     save_file(tensors, str(tmp))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; weights are meant to be shared
     os.replace(tmp, path)
     return sha256_file(path)
 

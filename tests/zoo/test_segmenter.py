@@ -4,6 +4,7 @@ official golden checkpoint when ../shared is present."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -150,6 +151,10 @@ def test_safetensors_fp16_bundle(tiny, tmp_path):
     from tilesegcli.weights import save_safetensors
 
     sha = save_safetensors(tiny["model"].state_dict(), tmp_path / "w.safetensors", half=True)
+    mode = (tmp_path / "w.safetensors").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask  # readable by others like any file (safetensors writes 0600)
     card = _card("semantic", name="fp16")
     card["weights"] = {"filename": "w.safetensors", "bundled": True, "sha256": sha,
                        "format": "safetensors"}
