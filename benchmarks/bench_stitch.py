@@ -10,8 +10,8 @@ mode RSS must not grow with the object count.
     /work/venv/bin/python benchmarks/bench_stitch.py [--objects 1000000] [--format geojsonseq]
 
 ``--vs-model`` measures, in one run, stitch + vectorize + write time per tile against the forward
-time per tile of the realistic model (the aff-nuclei card: AFF-Mini + Mask2Former, 192 px tiles,
-64 px overlap, random weights, 1 thread) on dense synthetic nuclei (jittered lattice at MoNuSeg's
+time per tile of the realistic model (the aff-nuclei card: its AFF + Mask2Former, tile size and
+overlap, random weights, 1 thread) on dense synthetic nuclei (jittered lattice at MoNuSeg's
 densest spacing, radii 3-8 px), and prints the ratio (issue 3: stitching <= 10 % of model time).
 
 ``--semantic`` instead measures (1) the choice core crops vs. linear blending on a synthetic model

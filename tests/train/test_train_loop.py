@@ -154,6 +154,26 @@ def test_init_from_checkpoint_and_card(tmp_path: Path) -> None:
     assert n2 == sum(1 for k in src if k.startswith("model."))
     k = "model.sem_seg_head.predictor.query_feat.weight"
     assert torch.equal(net2.state_dict()[k], src[k].half().float())
+    # --init-from a card: the run takes its network, resolution, tiles and classes; other classes
+    # give a class head of the new size (fresh) on the same network
+    from click.testing import CliRunner
+
+    from tilesegcli.cli.train import train as cmd
+    from tilesegcli.train.config import inherited_settings
+
+    inh = inherited_settings(str(card))
+    assert inh["tile"] == 64 and inh["mpp"] == 0.5 and inh["class_names"] == ["nucleus"]
+    assert inh["architecture"]["head_kwargs"] == TINY_ARCH["head_kwargs"]
+    tr, va = _data(tmp_path)
+    r = CliRunner().invoke(cmd, ["--init-from", str(card), "-O", f"train_list={tr}",
+                                 "-O", f"val_list={va}", "-O", f"out_dir={tmp_path / 'ft'}",
+                                 "-O", "steps=1", "-O", "val_every=0", "-O", "threads=1",
+                                 "-O", 'class_names=["a", "b"]'])
+    assert r.exit_code == 0, r.output
+    ft = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert ft["tile"] == 64 and ft["architecture"]["head_kwargs"]["num_classes"] == 2
+    first = json.loads((tmp_path / "ft" / "train_log.jsonl").read_text().splitlines()[0])
+    assert first["event"] == "init" and 0 < first["loaded"] < first["of"]
     # a run started with init_from logs it and trains with the stride-2 head
     b = train(cfg.with_updates(init_from=str(a / "last.pt")))
     log = [json.loads(x) for x in (b / "train_log.jsonl").read_text().splitlines()]

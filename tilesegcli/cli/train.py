@@ -20,7 +20,9 @@ from tilesegcli.errors import UsageError
               help="Continue a run: its directory (uses last.pt) or a checkpoint file.")
 @click.option("--init-from", "init_from", default=None, metavar="CARD|CKPT",
               help="Fine-tune: start from a zoo model (name or card path) or a training checkpoint "
-                   "(tensors that fit are loaded; e.g. --init-from aff-nuclei).")
+                   "(e.g. --init-from aff-nuclei). Without --config the run takes that model's "
+                   "network, classes, resolution, tile size and post-processing; tensors that fit "
+                   "are loaded.")
 @click.option("--validate", "validate_only", is_flag=True,
               help="Only score the --resume checkpoint on the validation images and exit.")
 @click.option("--thresholds", default=None, metavar="T1,T2,...",
@@ -82,6 +84,16 @@ def train(config_path: Path | None, options: tuple[str, ...], resume: Path | Non
         out = run(resume=resume, overrides=overrides)
     else:
         cfg = TrainConfig.from_file(config_path) if config_path else TrainConfig()
+        if init_from is not None and config_path is None:
+            from tilesegcli.train.config import inherited_settings
+
+            inherit = inherited_settings(init_from)
+            if "class_names" in overrides and "architecture" not in overrides:
+                # other classes: same network, a class head of the new size (loaded fresh)
+                arch = inherit["architecture"]
+                arch["head_kwargs"] = {**arch.get("head_kwargs", {}),
+                                       "num_classes": len(overrides["class_names"])}
+            cfg = cfg.with_updates(**inherit)
         out = run(cfg, overrides=overrides)
     click.echo(str(out))
 
