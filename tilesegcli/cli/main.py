@@ -4,7 +4,6 @@ so `tileseg --help` never imports torch, zarr or openslide."""
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 
 import click
@@ -51,9 +50,9 @@ def cli() -> None:
 
 def main() -> None:
     """Console-script entry point; maps library errors to one line and an exit code."""
-    # Busy-waiting OpenMP threads starve the tile-reading threads on small machines (measured
-    # 3-10x slower model forwards under load); must be set before torch is imported.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # OpenMP's wait policy is left to the user: forcing PASSIVE made the aff-nuclei forward 1.4x
+    # slower on a quiet 2-core machine (libgomp default: forward 10.7 s vs 14.3-15.4 s for 221
+    # tiles). On a machine shared with other busy processes, export OMP_WAIT_POLICY=PASSIVE.
     from tilesegcli.errors import TilesegError
 
     try:
