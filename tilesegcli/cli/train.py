@@ -28,7 +28,7 @@ from tilesegcli.errors import UsageError
 @click.option("--thresholds", default=None, metavar="T1,T2,...",
               help="With --validate: score each instance score threshold (one network pass), "
                    "e.g. to pick the card's score_threshold on a tuning list (-O val_list=...); "
-                   "-O min_visible_fraction=F applies that filter too.")
+                   "the other post-processing settings (-O min_visible_fraction=F, ...) apply.")
 @click.option("--export", "export_card", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Only write the --resume checkpoint as a model card (+ .safetensors beside it).")
 @click.option("--name", default=None, help="Model name for --export (default: the card's stem).")
@@ -131,10 +131,8 @@ def _validate(ckpt: Path, overrides: dict, json_out: Path | None,
         from tilesegcli.train.validate import segmenter_for, sweep_thresholds
 
         with torch.no_grad():
-            sweep = sweep_thresholds(segmenter_for(net, cfg), val, cfg.tile, cfg.overlap, thresholds,
-                                     min_area=cfg.min_area, min_visible=cfg.min_visible_fraction,
-                                     cleanup_radius=cfg.cleanup_radius,
-                                     mask_threshold=cfg.mask_threshold)
+            # the card built from cfg carries every post-processing setting (-O ... applies)
+            sweep = sweep_thresholds(segmenter_for(net, cfg), val, cfg.tile, cfg.overlap, thresholds)
         for t, m in sweep.items():
             click.echo(f"threshold {t:<6g} " + "  ".join(
                 f"{k.upper()} {_f(m[k])}" for k in ("pq", "dq", "sq", "aji", "f1", "dice")))

@@ -194,7 +194,7 @@ class AFFSegmenter:
             return []
         logits, masks = self.forward(tiles)
         hw = (int(tiles.shape[1]), int(tiles.shape[2]))
-        return [self._result(logits[i], masks[i], hw) for i in range(len(tiles))]
+        return [self.tile_result(logits[i], masks[i], hw) for i in range(len(tiles))]
 
     # ------------------------------------------------------------------------------ conversion
 
@@ -214,7 +214,10 @@ class AFFSegmenter:
         out /= out.sum(0, keepdim=True).clamp_(min=1e-6)
         return out.numpy()
 
-    def _result(self, logits: torch.Tensor, masks: torch.Tensor, hw: tuple[int, int]) -> TileResult:
+    def tile_result(self, logits: torch.Tensor, masks: torch.Tensor, hw: tuple[int, int], *,
+                    score_threshold: float | None = None) -> TileResult:
+        """One tile's raw outputs (``forward``) -> TileResult with the card's post-processing;
+        ``score_threshold`` overrides the card's (threshold sweeps reuse one forward pass)."""
         from tilesegcli.nn.postprocess import instance_inference, panoptic_inference
 
         post = self.card.postprocess
@@ -226,7 +229,9 @@ class AFFSegmenter:
                 logits = logits.clone()
                 logits[:, self._excluded] = float("-inf")
             inst = instance_inference(logits, masks, hw, topk=int(post.get("top_k", 100)),
-                                      score_threshold=float(post.get("score_threshold", 0.0)),
+                                      score_threshold=float(post.get("score_threshold", 0.0)
+                                                            if score_threshold is None
+                                                            else score_threshold),
                                       stride=self.mask_stride,
                                       min_visible=float(post.get("min_visible_fraction", 0.0)),
                                       cleanup_radius=int(post.get("cleanup_radius", -1)),

@@ -75,13 +75,10 @@ def predict_image(seg: Segmenter, image: np.ndarray, tile: int, overlap: int, ba
 
 
 def sweep_thresholds(seg: Any, data: list[Loaded], tile: int, overlap: int,
-                     thresholds: list[float], min_area: int = 4, batch: int = 8,
-                     min_visible: float = 0.0, cleanup_radius: int = -1,
-                     mask_threshold: float = 0.5) -> dict[float, dict]:
+                     thresholds: list[float], batch: int = 8) -> dict[float, dict]:
     """Mean PQ/AJI/F1/Dice over ``data`` for several instance score thresholds, running the
-    network once per tile (``seg.forward`` raw outputs + Mask2Former instance inference)."""
-    from tilesegcli.nn.postprocess import instance_inference
-
+    network once per tile (``seg.forward`` raw outputs, then ``seg.tile_result``: the card's
+    post-processing with each threshold in turn)."""
     raw = []
     for d in data:
         specs, arr = tile_windows(d.image, tile, overlap)
@@ -94,17 +91,8 @@ def sweep_thresholds(seg: Any, data: list[Loaded], tile: int, overlap: int,
     for thr in thresholds:
         pairs = []
         for d, specs, outs in raw:
-            labs = []
-            for lg, mk in outs:
-                inst = instance_inference(lg, mk, (tile, tile), topk=lg.shape[0], score_threshold=thr,
-                                          stride=int(getattr(seg, "mask_stride", 4)),
-                                          min_visible=min_visible, cleanup_radius=cleanup_radius,
-                                          mask_threshold=mask_threshold)
-                lab = inst.labels
-                area = np.bincount(lab.ravel(), minlength=len(inst.scores) + 1)
-                small = np.nonzero(area < min_area)[0]
-                lab = np.where(np.isin(lab, small[small > 0]), 0, lab)
-                labs.append(lab)
+            labs = [seg.tile_result(lg, mk, (tile, tile), score_threshold=thr).labels
+                    for lg, mk in outs]
             pairs.append((d.name, d.ann.labels, stitch(d.image.shape[:2], specs, labs)))
         res[thr] = evaluate_arrays(pairs).overall()["mean"]
     return res
