@@ -159,17 +159,21 @@ def test_init_from_checkpoint_and_card(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
     from tilesegcli.cli.train import train as cmd
-    from tilesegcli.train.config import inherited_settings
+    from tilesegcli.train.source import inherited_settings
 
     inh = inherited_settings(str(card))
     assert inh["tile"] == 64 and inh["mpp"] == 0.5 and inh["class_names"] == ["nucleus"]
     assert inh["architecture"]["head_kwargs"] == TINY_ARCH["head_kwargs"]
     tr, va = _data(tmp_path)
+    from tilesegcli.train.source import read_source
+
+    read_source.cache_clear()
     r = CliRunner().invoke(cmd, ["--init-from", str(card), "-O", f"train_list={tr}",
                                  "-O", f"val_list={va}", "-O", f"out_dir={tmp_path / 'ft'}",
                                  "-O", "steps=1", "-O", "val_every=0", "-O", "threads=1",
                                  "-O", 'class_names=["a", "b"]'])
     assert r.exit_code == 0, r.output
+    assert read_source.cache_info().misses == 1  # settings and weights from one read of the card
     ft = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert ft["tile"] == 64 and ft["architecture"]["head_kwargs"]["num_classes"] == 2
     first = json.loads((tmp_path / "ft" / "train_log.jsonl").read_text().splitlines()[0])

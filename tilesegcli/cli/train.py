@@ -85,7 +85,7 @@ def train(config_path: Path | None, options: tuple[str, ...], resume: Path | Non
     else:
         cfg = TrainConfig.from_file(config_path) if config_path else TrainConfig()
         if init_from is not None and config_path is None:
-            from tilesegcli.train.config import inherited_settings
+            from tilesegcli.train.source import inherited_settings
 
             inherit = inherited_settings(init_from)
             if "class_names" in overrides and "architecture" not in overrides:

@@ -137,45 +137,6 @@ class TrainConfig:
                 [load_item(i, self.mpp) for i in va])
 
 
-#: fields a fine-tuning run takes from the model it starts from (``--init-from``)
-INHERITED_FIELDS = ("architecture", "class_names", "mpp", "mpp_unit", "tile", "overlap", "mean",
-                    "std", "score_threshold", "object_mask_threshold", "overlap_threshold",
-                    "min_visible_fraction", "cleanup_radius", "min_area", "mask_threshold")
-
-
-def inherited_settings(source: str) -> dict[str, Any]:
-    """The model settings of ``--init-from`` SOURCE (a training checkpoint/run directory or a zoo
-    card), so a fine-tuning run builds the same network at the same resolution by default."""
-    import json as _json
-
-    p = Path(source)
-    if p.suffix == ".pt" or p.is_dir():
-        from tilesegcli.train.loop import load_checkpoint
-
-        d = load_checkpoint(p / "last.pt" if p.is_dir() else p)["config"]
-        return {k: d[k] for k in INHERITED_FIELDS if k in d}
-    from tilesegcli.zoo import load_card
-
-    card = load_card(source)
-    if card.task != "instance" or card.architecture.get("head") != "mask2former":
-        raise UsageError(f"--init-from {source}: only AFF + Mask2Former instance cards can be "
-                         f"fine-tuned by tileseg train (this one is {card.task})")
-    post = dict(card.postprocess)
-    out: dict[str, Any] = {
-        "architecture": _json.loads(_json.dumps(card.architecture, default=dict)),
-        "class_names": [c.name for c in card.classes[1:]],
-        "mpp_unit": card.mpp_unit, "tile": card.tile_size, "overlap": card.overlap,
-        "mean": list(card.mean), "std": list(card.std), "min_area": card.min_area,
-    }
-    if card.mpp is not None:
-        out["mpp"] = card.mpp
-    for k in ("score_threshold", "object_mask_threshold", "overlap_threshold",
-              "min_visible_fraction", "cleanup_radius", "mask_threshold"):
-        if k in post:
-            out[k] = post[k]
-    return out
-
-
 def parse_options(pairs: list[str]) -> dict[str, Any]:
     """['lr=1e-4', 'tile=160', 'out_dir=runs/x'] -> dict (JSON values, else strings)."""
     out: dict[str, Any] = {}

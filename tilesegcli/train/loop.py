@@ -200,18 +200,9 @@ def init_weights(net: Any, source: str) -> tuple[int, int]:
     ``net.model`` keys). Returns (tensors loaded, tensors in net)."""
     import torch
 
-    p = Path(source)
-    if p.suffix == ".pt" or p.is_dir():
-        sd = load_checkpoint(p / "last.pt" if p.is_dir() else p)["model"]
-    else:
-        from tilesegcli.weights import extract_state_dict, resolve_weights
-        from tilesegcli.weights import load_checkpoint as load_weights_file
-        from tilesegcli.zoo import load_card
+    from tilesegcli.train.source import read_source
 
-        card = load_card(source)
-        path = resolve_weights(card, None)
-        sd = {f"model.{k}": v for k, v in extract_state_dict(load_weights_file(path),
-                                                             source=str(path)).items()}
+    sd = read_source(source).state_dict
     own = net.state_dict()
     take = {k: v.to(own[k].dtype) for k, v in sd.items()
             if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(own[k].shape)}

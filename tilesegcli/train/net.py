@@ -127,6 +127,7 @@ def card_dict(cfg: TrainConfig, name: str, *, weights_file: str, sha256: str | N
               description: str, licence: str, metrics: dict[str, Any] | None = None,
               extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """A zoo card (format 1) for a model trained with ``cfg``; weights bundled next to it."""
+    from tilesegcli.train.source import POSTPROCESS_FIELDS
     from tilesegcli.zoo import CARD_FORMAT
 
     d: dict[str, Any] = {
@@ -145,12 +146,7 @@ def card_dict(cfg: TrainConfig, name: str, *, weights_file: str, sha256: str | N
         "overlap": cfg.overlap,
         "min_area": cfg.min_area,
         "postprocess": {"top_k": int(cfg.architecture["head_kwargs"].get("num_queries", 100)),
-                        "score_threshold": cfg.score_threshold,
-                        "object_mask_threshold": cfg.object_mask_threshold,
-                        "overlap_threshold": cfg.overlap_threshold,
-                        "min_visible_fraction": cfg.min_visible_fraction,
-                        "cleanup_radius": cfg.cleanup_radius,
-                        "mask_threshold": cfg.mask_threshold},
+                        **{k: getattr(cfg, k) for k in POSTPROCESS_FIELDS}},
         "weights": {"url": None, "sha256": sha256, "size": size, "filename": weights_file,
                     "bundled": True, "format": "safetensors", "ignore_keys": []},
         "licence": licence,
