@@ -167,6 +167,54 @@ def instance_inference(
     return Instances(labels_np, classes_np, scores_np)
 
 
+#: flips of the test-time views, in order: identity, left-right, up-down, both (dims of (B, C, H, W))
+FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
+
+
+def vote_views(
+    pred_logits: torch.Tensor, pred_masks: torch.Tensor, views: int, iou_threshold: float = 0.5,
+    min_score: float = 0.05,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge the predictions of ``views`` passes over flipped copies of one tile (a tileseg option).
+
+    Input: the passes' candidates concatenated, (V*Q, K+1) class logits and (V*Q, h, w) mask
+    logits already flipped back. Greedily from the highest class score, a candidate and every
+    unused candidate of its class whose mask (logit > 0) overlaps it with IoU > ``iou_threshold``
+    form one object: its mask probability is the score-weighted mean of theirs and its class
+    probability is the sum of their scores / ``views`` — an object found in one view only is
+    down-weighted, one found in all keeps its mean score. Candidates scoring below ``min_score``
+    are ignored. Returns (G, K+1) logits (log-probabilities) and (G, h, w) mask logits for
+    :func:`instance_inference` (top-k = G)."""
+    probs = F.softmax(pred_logits.float(), dim=-1)
+    k = probs.shape[1] - 1
+    score, cls = probs[:, :k].max(1)
+    prob = pred_masks.float().sigmoid()
+    fg = (prob > 0.5).flatten(1).float()
+    area = fg.sum(1)
+    inter = fg @ fg.T
+    iou = inter / (area[:, None] + area[None, :] - inter).clamp_min(1.0)
+    same = (cls[:, None] == cls[None, :]) & (iou > iou_threshold)
+    used = score < min_score
+    out_p, out_m = [], []
+    for i in torch.argsort(score, descending=True, stable=True).tolist():
+        if used[i]:
+            continue
+        grp = same[i] & ~used
+        grp[i] = True
+        used |= grp
+        w = score[grp]
+        row = torch.zeros(k + 1)
+        row[cls[i]] = float(w.sum()) / views
+        row[k] = 1.0 - row[cls[i]]
+        out_p.append(row)
+        out_m.append((prob[grp] * w[:, None, None]).sum(0) / w.sum())
+    if not out_p:
+        return pred_logits[:0].float(), pred_masks[:0].float()
+    p = torch.stack(out_p).clamp(1e-6, 1.0)
+    m = torch.stack(out_m).clamp(1e-6, 1 - 1e-6)
+    return p.log(), torch.log(m / (1 - m))
+
+
 def clean_instances(labels: np.ndarray, radius: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Tidy an instance label image (1..N in priority order, as ``instance_inference`` paints
     it): each instance is closed with a disk of ``radius`` px, its holes filled and only its

@@ -124,6 +124,11 @@ class AFFSegmenter:
         self._things = frozenset(k - off for k in card.thing_classes)
         #: stride of the network's mask logits relative to its input
         self.mask_stride = int(getattr(getattr(model, "sem_seg_head", None), "mask_stride", 4))
+        #: test-time flips (instance cards): passes per tile, merged by ``vote_views``
+        self.flip_views = int(card.postprocess.get("flip_views", 1)) if card.task == "instance" else 1
+        if self.flip_views not in (1, 2, 4):
+            raise UsageError(f"model {card.name}: postprocess.flip_views must be 1, 2 or 4, "
+                             f"not {self.flip_views}")
 
     @classmethod
     def from_card(cls, card: ModelCard, *, weights: str | Path | None = None,
@@ -168,6 +173,21 @@ class AFFSegmenter:
             return head.decode(pd, with_aux=False, images=x)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.flip_views == 1:
+            return self._forward_once(x)
+        from tilesegcli.nn.postprocess import FLIP_VIEWS
+
+        # one batch of B x V flipped copies; each view's masks flipped back, and the views'
+        # candidates concatenated per tile: (B, V*Q, K+1), (B, V*Q, h, w)
+        flips = FLIP_VIEWS[: self.flip_views]
+        logits, masks = self._forward_once(torch.cat([x.flip(d) if d else x for d in flips]))
+        b = x.shape[0]
+        lg = [logits[i * b:(i + 1) * b] for i in range(len(flips))]
+        mk = [masks[i * b:(i + 1) * b].flip(d) if d else masks[i * b:(i + 1) * b]
+              for i, d in enumerate(flips)]
+        return torch.cat(lg, 1), torch.cat(mk, 1)
+
+    def _forward_once(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
             if self.amp:
                 out = self._amp_model(x)
@@ -184,7 +204,8 @@ class AFFSegmenter:
 
     def forward(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw network outputs on CPU: pred_logits (B, Q, K+1), pred_masks (B, Q, h/s, w/s),
-        s = ``mask_stride`` (4; 2 for heads with stride-2 mask features)."""
+        s = ``mask_stride`` (4; 2 for heads with stride-2 mask features). With ``flip_views``
+        V > 1 the V views' candidates are concatenated: V*Q per tile (``tile_result`` merges them)."""
         logits, masks = self._forward(self._prepare(tiles))
         return logits.cpu(), masks.cpu()
 
@@ -228,7 +249,13 @@ class AFFSegmenter:
             if self._excluded:
                 logits = logits.clone()
                 logits[:, self._excluded] = float("-inf")
-            inst = instance_inference(logits, masks, hw, topk=int(post.get("top_k", 100)),
+            topk = int(post.get("top_k", 100))
+            if self.flip_views > 1:
+                from tilesegcli.nn.postprocess import vote_views
+
+                logits, masks = vote_views(logits, masks, self.flip_views)
+                topk = max(1, len(logits))
+            inst = instance_inference(logits, masks, hw, topk=topk,
                                       score_threshold=float(post.get("score_threshold", 0.0)
                                                             if score_threshold is None
                                                             else score_threshold),

@@ -1,0 +1,73 @@
+"""Test-time flips of instance models (card ``postprocess.flip_views``): the mask vote on a hand
+case, and on the bundled model that the merged result is flip-equivariant."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tilesegcli.errors import UsageError  # noqa: E402
+from tilesegcli.nn.postprocess import vote_views  # noqa: E402
+
+SLIDE = Path(__file__).resolve().parents[2] / "examples" / "cmu-1-small-region.svs"
+
+
+def _logits(scores: list[float]) -> torch.Tensor:
+    """(N, 2) logits of one class whose softmax class probability is each score."""
+    s = torch.tensor(scores)
+    return torch.stack([s.log(), (1 - s).log()], 1)
+
+
+def test_vote_views_hand_case() -> None:
+    # view 1: object A (score 0.9) and object B (0.8); view 2: A again, shifted by one column
+    # (IoU 12/20 = 0.6 with A), score 0.7, and an empty candidate (score 0.01, ignored)
+    m = torch.full((4, 4, 8), -10.0)
+    m[0, 0:4, 0:4] = 10.0  # A, view 1
+    m[1, 0:2, 6:8] = 10.0  # B, view 1
+    m[2, 0:4, 1:5] = 10.0  # A, view 2
+    lg, mk = vote_views(_logits([0.9, 0.8, 0.7, 0.01]), m, views=2)
+    assert lg.shape == (2, 2) and mk.shape == (2, 4, 8)
+    p = torch.softmax(lg, -1)[:, 0]
+    assert math.isclose(float(p[0]), (0.9 + 0.7) / 2, rel_tol=1e-5)  # found in both views
+    assert math.isclose(float(p[1]), 0.8 / 2, rel_tol=1e-5)  # one view only: halved
+    prob = mk.sigmoid()
+    # merged A: score-weighted mean of the two masks (0.9 / 1.6 where only view 1 has it)
+    assert math.isclose(float(prob[0, 0, 2]), 1.0, abs_tol=1e-4)
+    assert math.isclose(float(prob[0, 0, 0]), 0.9 / 1.6, abs_tol=1e-4)
+    assert math.isclose(float(prob[0, 0, 4]), 0.7 / 1.6, abs_tol=1e-4)
+    assert float(prob[1, 0, 7]) > 0.99 and float(prob[1, 0, 0]) < 1e-3
+
+
+def test_vote_views_keeps_classes_apart() -> None:
+    m = torch.full((2, 4, 4), -10.0)
+    m[:, 0:3, 0:3] = 10.0  # same mask, two classes
+    lg = torch.tensor([[3.0, -3.0, -3.0], [-3.0, 3.0, -3.0]])
+    out, _ = vote_views(lg, m, views=2)
+    assert len(out) == 2 and sorted(out[:, :2].argmax(1).tolist()) == [0, 1]
+
+
+def test_bundled_model_with_flips_is_flip_equivariant(one_thread: None) -> None:
+    from tilesegcli.zoo import DEFAULT_MODEL, card_names, load_segmenter
+
+    if DEFAULT_MODEL not in card_names() or not SLIDE.exists():
+        pytest.skip("default model or bundled slide not present")
+    import openslide
+
+    with openslide.OpenSlide(str(SLIDE)) as s:
+        region = np.asarray(s.read_region((1000, 1200), 0, (64, 64)).convert("RGB"))
+    # the model works at twice the slide's resolution: one 128 px tile of tissue
+    tile = np.repeat(np.repeat(region, 2, 0), 2, 1)
+    seg = load_segmenter(DEFAULT_MODEL, device="cpu", flip_views=4)
+    assert seg.flip_views == 4
+    res = seg.predict_batch(np.stack([tile, tile[:, ::-1]]))
+    a, b = res[0].labels > 0, res[1].labels[:, ::-1] > 0
+    assert a.sum() > 500  # nuclei found
+    assert (a & b).sum() / (a | b).sum() > 0.98
+    assert len(res[0].instance_scores) == len(res[1].instance_scores)
+    with pytest.raises(UsageError, match="flip_views"):
+        load_segmenter(DEFAULT_MODEL, device="cpu", flip_views=3)
