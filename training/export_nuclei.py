@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--min-visible", type=float, required=True)
     ap.add_argument("--cleanup-radius", type=int, required=True)
     ap.add_argument("--min-area", type=int, required=True)
+    ap.add_argument("--flip-views", type=int, default=1)
     ap.add_argument("--out", default="models/aff-nuclei.json")
     a = ap.parse_args()
 
@@ -48,11 +49,19 @@ def main() -> None:
     bk, hk = arch["backbone_kwargs"], arch["head_kwargs"]
     log = [json.loads(x) for x in (Path(a.checkpoint).parent / "train_log.jsonl").read_text().splitlines()]
     start = next(r for r in log if r["event"] == "start")
+    run_dir = Path(a.checkpoint).parent
+    if cfg.init_from and Path(cfg.init_from).suffix == ".pt":
+        parent = load_checkpoint(cfg.init_from)
+        init_note = (f"{cfg.init_from} (step {int(parent['step'])} of its run, "
+                     f"{parent['config']['mpp']} um/px); tensors that fit loaded, fresh optimiser")
+        trained = f"{step} steps after {int(parent['step'])} steps of {Path(cfg.init_from).parent.name}"
+    else:
+        init_note, trained = str(cfg.init_from or "random"), f"{step} steps"
     description = (
         f"Nuclei instance segmentation on H&E at {cfg.mpp} um/px (40x): AutoFocusFormer (widths "
         f"{'/'.join(map(str, bk['embed_dim']))}, depths {'/'.join(map(str, bk['depths']))}) + "
         f"Mask2Former ({hk['num_queries']} queries, {hk['dec_layers'] - 1} masked-attention layers, "
-        f"stride-2 mask features) trained by tileseg on 2 CPU cores: {step} steps of "
+        f"stride-2 mask features) trained by tileseg on 2 CPU cores: {trained}, batches of "
         f"{cfg.batch_size} x {cfg.tile} px patches. 20x slides are upsampled to 0.25 um/px. "
         f"Under-trained: validation PQ {vm['pq']:.3f} / AJI {vm['aji']:.3f}, far below the "
         f"PQ 0.60 / AJI 0.62 target (see metrics).")
@@ -68,7 +77,8 @@ def main() -> None:
                 f"{cfg.tile} px tiles (overlap {cfg.overlap}) with centroid-in-core stitching; "
                 "PQ/F1 match at IoU > 0.5, AJI per Kumar et al. 2017, Dice = binary. "
                 f"post-processing (score_threshold {a.score_threshold}, min_visible_fraction "
-                f"{a.min_visible}, cleanup_radius {a.cleanup_radius}, min_area {a.min_area} px) "
+                f"{a.min_visible}, cleanup_radius {a.cleanup_radius}, min_area {a.min_area} px, "
+                f"flip_views {a.flip_views}) "
                 "chosen on 4 MoNuSeg training images (training/tune_list.json), not on these"),
         "step": step,
         "val PQ (tileseg predict+eval, full res)": round(em["pq"], 4),
@@ -96,8 +106,7 @@ def main() -> None:
         "resolution_um_per_px": cfg.mpp,
         "patch_px": cfg.tile,
         "batch_size": cfg.batch_size,
-        "initialised_from": ("the previous aff-nuclei run (0.5 um/px, step 5700, commit 6ad4126, "
-                             "training/aff-nuclei/last.pt); new stride-2 mask branch fresh"),
+        "initialised_from": init_note,
         "optimizer": (f"AdamW lr {cfg.lr} (backbone x{cfg.backbone_lr_mult}), wd "
                       f"{cfg.weight_decay}, warm-up {cfg.warmup_steps} + cosine to step "
                       f"{cfg.steps}, clip {cfg.clip_grad}"),
@@ -106,13 +115,14 @@ def main() -> None:
                    "(not exported)"),
         "augmentation": ("dihedral flips/rotations, HED stain jitter, colour jitter, scale "
                          f"{cfg.scale_range[0]}-{cfg.scale_range[1]}"),
-        "resume": "tileseg train --resume training/aff-nuclei-v2",
+        "resume": f"tileseg train --resume training/{run_dir.name}",
     }
     p = export(a.checkpoint, a.out, name="aff-nuclei", description=description, licence=LICENCE,
                metrics=metrics, extra=extra,
                overrides={"score_threshold": a.score_threshold,
                           "min_visible_fraction": a.min_visible,
-                          "cleanup_radius": a.cleanup_radius, "min_area": a.min_area})
+                          "cleanup_radius": a.cleanup_radius, "min_area": a.min_area,
+                          "flip_views": a.flip_views})
     print(p)
 
 
