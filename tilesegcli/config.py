@@ -28,6 +28,7 @@ class RunConfig:
     batch_size: int = 8
     num_workers: int = 2
     device: str = "auto"
+    flips: int | None = None  # test-time flip passes of instance cards (None = the card's)
     workdir: Path | None = None
     shard: tuple[int, int] = (0, 1)
     overwrite: bool = False

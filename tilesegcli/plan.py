@@ -55,7 +55,7 @@ def load_model(config: RunConfig) -> Segmenter:
         return factory(device=device, weights=config.weights)
     from tilesegcli.zoo import load_segmenter
 
-    return load_segmenter(name, weights=config.weights, device=device)
+    return load_segmenter(name, weights=config.weights, device=device, flip_views=config.flips)
 
 
 def open_input(src: Path, backend: str) -> Any:
