@@ -40,6 +40,8 @@ def load_model(config: RunConfig) -> Segmenter:
 
     device = resolve_device(config.device)
     name = config.model
+    if config.flips is not None and (name == "simple" or (":" in name and not Path(name).exists())):
+        raise UsageError(f"--flips applies to model cards, not to --model {name}")
     if name == "simple":
         from tilesegcli.nn.simple import SimpleSegmenter
 

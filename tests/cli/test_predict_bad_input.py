@@ -188,3 +188,12 @@ def test_two_shards_with_different_n(run_cli, slide_svs, tmp_path):
 def test_usage_errors_exit_2(run_cli, tmp_path, args):
     code, out, err = run_cli("predict", *args)
     assert code == 2 and out == "" and "Traceback" not in err
+
+
+def test_flips_needs_a_model_card(run_cli, tmp_path, tmp_leftovers):
+    img = tmp_path / "in.svs"
+    img.write_bytes(b"x")
+    code, _, err = run_cli("predict", img, "--outdir", tmp_path / "o", "--model", "simple",
+                           "--flips", "2")
+    assert code == 2 and "--flips" in _one_error_line(err)
+    _nothing_written(tmp_path / "o", tmp_leftovers)
