@@ -43,6 +43,16 @@ def test_vote_views_hand_case() -> None:
     assert float(prob[1, 0, 7]) > 0.99 and float(prob[1, 0, 0]) < 1e-3
 
 
+def test_vote_views_one_vote_per_view() -> None:
+    # view 1 predicts A twice (0.9, 0.8), view 2 once (0.6): votes 0.9 + 0.6, not 0.9 + 0.8 + 0.6
+    m = torch.full((4, 4, 4), -10.0)
+    m[:3, 0:3, 0:3] = 10.0
+    lg = _logits([0.9, 0.8, 0.6, 0.01])
+    lg, mk = vote_views(lg, m, views=2)
+    assert len(lg) == 1
+    assert math.isclose(float(torch.softmax(lg, -1)[0, 0]), (0.9 + 0.6) / 2, rel_tol=1e-5)
+
+
 def test_vote_views_keeps_classes_apart() -> None:
     m = torch.full((2, 4, 4), -10.0)
     m[:, 0:3, 0:3] = 10.0  # same mask, two classes

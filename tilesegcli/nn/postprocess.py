@@ -181,8 +181,9 @@ def vote_views(
     logits already flipped back. Greedily from the highest class score, a candidate and every
     unused candidate of its class whose mask (logit > 0) overlaps it with IoU > ``iou_threshold``
     form one object: its mask probability is the score-weighted mean of theirs and its class
-    probability is the sum of their scores / ``views`` — an object found in one view only is
-    down-weighted, one found in all keeps its mean score. Candidates scoring below ``min_score``
+    probability is the sum over views of each view's best score in the group / ``views`` — an
+    object found in one view only is down-weighted, one found in all keeps its mean score, and a
+    view's duplicate queries add no votes. Candidates scoring below ``min_score``
     are ignored. Returns (G, K+1) logits (log-probabilities) and (G, h, w) mask logits for
     :func:`instance_inference` (top-k = G)."""
     probs = F.softmax(pred_logits.float(), dim=-1)
@@ -195,6 +196,7 @@ def vote_views(
     iou = inter / (area[:, None] + area[None, :] - inter).clamp_min(1.0)
     same = (cls[:, None] == cls[None, :]) & (iou > iou_threshold)
     used = score < min_score
+    view = torch.arange(len(score)) // max(1, len(score) // views)
     out_p, out_m = [], []
     for i in torch.argsort(score, descending=True, stable=True).tolist():
         if used[i]:
@@ -204,7 +206,8 @@ def vote_views(
         used |= grp
         w = score[grp]
         row = torch.zeros(k + 1)
-        row[cls[i]] = float(w.sum()) / views
+        best = torch.zeros(views).scatter_reduce(0, view[grp], w, reduce="amax")
+        row[cls[i]] = float(best.sum()) / views
         row[k] = 1.0 - row[cls[i]]
         out_p.append(row)
         out_m.append((prob[grp] * w[:, None, None]).sum(0) / w.sum())
