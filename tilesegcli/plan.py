@@ -40,13 +40,13 @@ def load_model(config: RunConfig) -> Segmenter:
 
     device = resolve_device(config.device)
     name = config.model
-    if config.flips is not None and (name == "simple" or (":" in name and not Path(name).exists())):
-        raise UsageError(f"--flips applies to model cards, not to --model {name}")
-    if name == "simple":
-        from tilesegcli.nn.simple import SimpleSegmenter
+    if name == "simple" or (":" in name and not Path(name).exists()):
+        if config.flips is not None:
+            raise UsageError(f"--flips applies to model cards, not to --model {name}")
+        if name == "simple":
+            from tilesegcli.nn.simple import SimpleSegmenter
 
-        return SimpleSegmenter(device=device)
-    if ":" in name and not Path(name).exists():
+            return SimpleSegmenter(device=device)
         import importlib
 
         mod, _, attr = name.partition(":")

@@ -189,14 +189,17 @@ def vote_views(
     probs = F.softmax(pred_logits.float(), dim=-1)
     k = probs.shape[1] - 1
     score, cls = probs[:, :k].max(1)
-    prob = pred_masks.float().sigmoid()
+    view = torch.arange(len(score)) // max(1, len(score) // views)
+    # most queries predict "no object": drop them before the pairwise IoU (per tile, hot path)
+    cand = torch.nonzero(score >= min_score).flatten()
+    score, cls, view = score[cand], cls[cand], view[cand]
+    prob = pred_masks[cand].float().sigmoid()
     fg = (prob > 0.5).flatten(1).float()
     area = fg.sum(1)
     inter = fg @ fg.T
     iou = inter / (area[:, None] + area[None, :] - inter).clamp_min(1.0)
     same = (cls[:, None] == cls[None, :]) & (iou > iou_threshold)
-    used = score < min_score
-    view = torch.arange(len(score)) // max(1, len(score) // views)
+    used = torch.zeros(len(score), dtype=torch.bool)
     out_p, out_m = [], []
     for i in torch.argsort(score, descending=True, stable=True).tolist():
         if used[i]:
