@@ -127,7 +127,7 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert r.exit_code != 0 and "nonsense" in str(r.exception or r.output)
 
 
-def test_init_from_checkpoint_and_card(tmp_path: Path) -> None:
+def test_init_from_checkpoint_and_card(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--init-from copies every tensor that fits (a checkpoint, or an exported card) and leaves
     new parts (here a stride-2 mask branch) at their fresh initialisation."""
     from tilesegcli.train.loop import init_weights, train
@@ -165,15 +165,20 @@ def test_init_from_checkpoint_and_card(tmp_path: Path) -> None:
     assert inh["tile"] == 64 and inh["mpp"] == 0.5 and inh["class_names"] == ["nucleus"]
     assert inh["architecture"]["head_kwargs"] == TINY_ARCH["head_kwargs"]
     tr, va = _data(tmp_path)
+    import tilesegcli.weights as weights_mod
     from tilesegcli.train.source import read_source
 
     read_source.cache_clear()
+    reads = []
+    real_load = weights_mod.load_checkpoint
+    monkeypatch.setattr(weights_mod, "load_checkpoint", lambda *a, **k: reads.append(a) or real_load(*a, **k))
     r = CliRunner().invoke(cmd, ["--init-from", str(card), "-O", f"train_list={tr}",
                                  "-O", f"val_list={va}", "-O", f"out_dir={tmp_path / 'ft'}",
                                  "-O", "steps=1", "-O", "val_every=0", "-O", "threads=1",
                                  "-O", 'class_names=["a", "b"]'])
     assert r.exit_code == 0, r.output
-    assert read_source.cache_info().misses == 1  # settings and weights from one read of the card
+    assert len(reads) == 1  # settings and weights from one read of the card's weights file
+    assert read_source.cache_info().currsize == 0  # and the loop let go of them after loading
     ft = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert ft["tile"] == 64 and ft["architecture"]["head_kwargs"]["num_classes"] == 2
     first = json.loads((tmp_path / "ft" / "train_log.jsonl").read_text().splitlines()[0])

@@ -209,6 +209,7 @@ def init_weights(net: Any, source: str) -> tuple[int, int]:
     if not take:
         raise UsageError(f"--init-from {source}: no tensor fits this network")
     net.load_state_dict(take, strict=False)
+    read_source.cache_clear()  # the CLI's read is no longer needed: free the source's tensors
     return len(take), len(own)
 
 

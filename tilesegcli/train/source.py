@@ -4,7 +4,8 @@ run directory with ``last.pt``) or a zoo card (name or path).
 Owns reading SOURCE once: :func:`read_source` returns the model settings a fine-tuning run
 inherits (network, classes, resolution, tiles, post-processing) and the weights as ``TrainNet``
 state-dict keys. The CLI asks for the settings and the training loop for the weights; the last
-source read is cached so the file is loaded once per process.
+source read is cached so the file is loaded once, and the loop clears the cache once the weights
+are in the network.
 """
 
 from __future__ import annotations
