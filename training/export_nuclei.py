@@ -51,7 +51,7 @@ def main() -> None:
     start = next(r for r in log if r["event"] == "start")
     run_dir = Path(a.checkpoint).parent
     if cfg.init_from and Path(cfg.init_from).suffix == ".pt":
-        parent = load_checkpoint(cfg.init_from)
+        parent = load_checkpoint(cfg.init_from, mmap=True)  # only its step and mpp are read
         init_note = (f"{cfg.init_from} (step {int(parent['step'])} of its run, "
                      f"{parent['config']['mpp']} um/px); tensors that fit loaded, fresh optimiser")
         trained = f"{step} steps after {int(parent['step'])} steps of {Path(cfg.init_from).parent.name}"

@@ -47,11 +47,13 @@ def _save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """A training checkpoint (safe unpickling only); ``mmap`` maps tensors lazily, for callers
+    that only read its step or configuration."""
     import torch
 
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except FileNotFoundError as e:
         raise UsageError(f"no checkpoint at {path}") from e
     except Exception as e:  # corrupt file or refused pickle
