@@ -4,7 +4,8 @@
         --throughput "..." [--score-threshold 0.5] [--min-visible 0.5]
 
 V.json: ``tileseg train --resume CKPT --validate --json V.json`` (with the thresholds given here);
-E.json: ``training/eval_nuclei_val.sh`` scores (tileseg eval --json). Every number in the card
+E.json: ``training/eval_nuclei_val.sh`` scores (tileseg eval --json); ``--one-view-json``: the
+held-out ``--validate`` JSON with ``-O flip_views=1``. Every number in the card
 comes from those files; nothing is typed in by hand.
 """
 
@@ -35,6 +36,8 @@ def main() -> None:
     ap.add_argument("--cleanup-radius", type=int, required=True)
     ap.add_argument("--min-area", type=int, required=True)
     ap.add_argument("--flip-views", type=int, default=1)
+    ap.add_argument("--one-view-json", default=None,
+                    help="--validate JSON of the same checkpoint with -O flip_views=1")
     ap.add_argument("--out", default="models/aff-nuclei.json")
     a = ap.parse_args()
 
@@ -91,6 +94,9 @@ def main() -> None:
                            "0.2527 um/px)"),
         "throughput": a.throughput,
     }
+    if a.one_view_json:
+        one = json.loads(Path(a.one_view_json).read_text())["mean"]
+        metrics["val PQ / AJI with --flips 1"] = [round(one["pq"], 4), round(one["aji"], 4)]
     extra = {
         "data": {
             "train": start["train_images"], "validation": start["val_images"],
