@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--out", default="models/aff-nuclei.json")
     a = ap.parse_args()
 
-    state = load_checkpoint(a.checkpoint)
+    state = load_checkpoint(a.checkpoint, mmap=True)  # config and step; export() reads the weights
     cfg = TrainConfig.from_dict(state["config"])
     step = int(state["step"])
     val = json.loads(Path(a.val_json).read_text())
