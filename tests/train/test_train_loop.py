@@ -154,6 +154,24 @@ def test_init_from_checkpoint_and_card(tmp_path: Path, monkeypatch: pytest.Monke
     assert n2 == sum(1 for k in src if k.startswith("model."))
     k = "model.sem_seg_head.predictor.query_feat.weight"
     assert torch.equal(net2.state_dict()[k], src[k].half().float())
+    # a deeper network (more blocks per stage): added blocks start as the identity, so it computes
+    # what the source computes, and their weights still receive gradients
+    deep = json.loads(json.dumps(TINY_ARCH))
+    deep["backbone_kwargs"] = {"depths": [2, 1, 3, 1]}
+    net3 = build_net(_cfg(tmp_path, "deep", 1).with_updates(architecture=deep))
+    n3, _ = init_weights(net3, str(a / "last.pt"))
+    assert n3 == len(src)
+    same = build_net(_cfg(tmp_path, "same", 1))
+    same.load_state_dict(src)
+    same.eval()
+    net3.eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(same.model(x)["pred_masks"], net3.model(x)["pred_masks"], atol=1e-5)
+    new = net3.model.backbone.layers[0].blocks[1]
+    assert not new.attn.proj.weight.any() and not new.mlp.fc2.weight.any()
+    net3.model(x)["pred_masks"].square().sum().backward()
+    assert new.attn.proj.weight.grad.abs().sum() > 0 and new.mlp.fc2.weight.grad.abs().sum() > 0
     # --init-from a card: the run takes its network, resolution, tiles and classes; other classes
     # give a class head of the new size (fresh) on the same network
     from click.testing import CliRunner

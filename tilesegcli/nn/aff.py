@@ -146,6 +146,13 @@ class ClusterTransformerBlock(nn.Module):
             self.gamma1 = nn.Parameter(layer_scale * torch.ones(dim))
             self.gamma2 = nn.Parameter(layer_scale * torch.ones(dim))
 
+    def zero_residual(self) -> None:
+        """Make the block the identity (both residual branches output 0) while every weight still
+        gets a gradient: how a block added to a trained network (a deeper copy) starts."""
+        for lin in (self.attn.proj, self.mlp.fc2):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
     def forward(self, x: torch.Tensor, pos: torch.Tensor, nbhd: Neighbourhood) -> torch.Tensor:
         a = self.attn(self.norm1(x), pos, nbhd)
         if self.layer_scale:

@@ -212,6 +212,11 @@ def init_weights(net: Any, source: str) -> tuple[int, int]:
         raise UsageError(f"--init-from {source}: no tensor fits this network")
     net.load_state_dict(take, strict=False)
     read_source.cache_clear()  # the CLI's read is no longer needed: free the source's tensors
+    # a deeper network than the source (more blocks per stage): the new blocks start as the
+    # identity, so the network begins as the trained one and the added depth is learned from there
+    for name, mod in net.named_modules():
+        if hasattr(mod, "zero_residual") and not any(k.startswith(name + ".") for k in take):
+            mod.zero_residual()
     return len(take), len(own)
 
 
