@@ -25,6 +25,18 @@ LICENCE = ("Weights: trained by the tileseg project; usable for NON-COMMERCIAL p
            "unstated: research use); NuCLS crops are CC0. Code: Apache-2.0.")
 
 
+def lineage(checkpoint: str) -> list[tuple[str, int]]:
+    """(run name, step) of ``checkpoint`` and of each run it was initialised from, newest first.
+    A resumed copy (v4 of v3) counts its steps from the start of the run it copies."""
+    out: list[tuple[str, int]] = []
+    path: str | None = checkpoint
+    while path and Path(path).suffix == ".pt" and Path(path).is_file():
+        state = load_checkpoint(path, mmap=True)
+        out.append((Path(path).parent.name, int(state["step"])))
+        path = state["config"].get("init_from")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
@@ -54,10 +66,16 @@ def main() -> None:
     start = next(r for r in log if r["event"] == "start")
     run_dir = Path(a.checkpoint).parent
     if cfg.init_from and Path(cfg.init_from).suffix == ".pt":
-        parent = load_checkpoint(cfg.init_from, mmap=True)  # only its step and mpp are read
+        parent = load_checkpoint(cfg.init_from, mmap=True)  # only its step, config and lineage are read
+        pdepths = parent["config"]["architecture"]["backbone_kwargs"]["depths"]
+        grown = ("" if list(pdepths) == list(arch["backbone_kwargs"]["depths"]) else
+                 f"; AFF deepened from depths {'/'.join(map(str, pdepths))} (added blocks "
+                 "started as the identity)")
         init_note = (f"{cfg.init_from} (step {int(parent['step'])} of its run, "
-                     f"{parent['config']['mpp']} um/px); tensors that fit loaded, fresh optimiser")
-        trained = f"{step} steps after {int(parent['step'])} steps of {Path(cfg.init_from).parent.name}"
+                     f"{parent['config']['mpp']} um/px); tensors that fit loaded, fresh optimiser"
+                     + grown)
+        trained = f"{step} steps continuing " + ", which continued ".join(
+            f"{s} steps of {name}" for name, s in lineage(cfg.init_from))
     else:
         init_note, trained = str(cfg.init_from or "random"), f"{step} steps"
     description = (
@@ -115,7 +133,8 @@ def main() -> None:
         "initialised_from": init_note,
         "optimizer": (f"AdamW lr {cfg.lr} (backbone x{cfg.backbone_lr_mult}), wd "
                       f"{cfg.weight_decay}, warm-up {cfg.warmup_steps} + cosine to step "
-                      f"{cfg.steps}, clip {cfg.clip_grad}"),
+                      f"{cfg.steps}, clip {cfg.clip_grad}"
+                      + (f"; exported step {step}" if step < cfg.steps else "")),
         "losses": ("Mask2Former set loss (CE 2, BCE 5, dice 5; no-object 0.1) on all decoder "
                    "layers + auxiliary dense foreground/boundary loss on the pixel decoder "
                    "(not exported)"),
