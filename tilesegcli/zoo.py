@@ -35,8 +35,8 @@ Card format (JSON object, ``"format": 1``)::
                        "min_visible_fraction" (instance: drop masks less visible than that),
                        "cleanup_radius" (instance: >= 0 closes/fills/keeps the largest piece),
                        "mask_threshold" (instance: mask probability cut, default 0.5),
-                       "flip_views" (instance: 1, 2 or 4 passes over flipped copies of each
-                       tile, merged by mask voting; default 1 = one pass)}
+                       "flip_views" (instance: 1, 2, 4 or 8 passes over flipped copies of each
+                       tile (8: also transposed), merged by mask voting; default 1 = one pass)}
     weights           {"url": str|null, "sha256": hex|null (null = unknown: verified by strict
                        loading), "size": bytes|null, "filename": str, "bundled": bool (file lives
                        next to the card), "format": "auto"|"detectron2"|"state_dict"|

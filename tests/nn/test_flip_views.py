@@ -81,3 +81,42 @@ def test_bundled_model_with_flips_is_flip_equivariant(one_thread: None) -> None:
     assert len(res[0].instance_scores) == len(res[1].instance_scores)
     with pytest.raises(UsageError, match="flip_views"):
         load_segmenter(DEFAULT_MODEL, device="cpu", flip_views=3)
+
+
+def test_eight_views_are_the_dihedral_group() -> None:
+    """flip_views 8: the four flips of the tile and of its transpose, mapped back exactly, on a
+    non-square input too (the transposed views run as their own batch)."""
+    from tilesegcli.nn.postprocess import view_transforms
+
+    x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 3, 4, 6)
+    seen = set()
+    for t, d in view_transforms(8):
+        y = x.transpose(2, 3) if t else x
+        y = y.flip(d) if d else y
+        seen.add(tuple(y[0, 0].flatten().tolist()))
+        back = y.flip(d) if d else y
+        assert torch.equal(back.transpose(2, 3) if t else back, x)
+    assert len(seen) == 8
+
+
+def test_bundled_model_eight_views_transpose_equivariant(one_thread: None) -> None:
+    from tilesegcli.zoo import DEFAULT_MODEL, card_names, load_segmenter
+
+    if DEFAULT_MODEL not in card_names() or not SLIDE.exists():
+        pytest.skip("default model or bundled slide not present")
+    import openslide
+
+    with openslide.OpenSlide(str(SLIDE)) as s:
+        region = np.asarray(s.read_region((1000, 1200), 0, (64, 64)).convert("RGB"))
+    tile = np.repeat(np.repeat(region, 2, 0), 2, 1)
+    seg = load_segmenter(DEFAULT_MODEL, device="cpu", flip_views=8)
+    res = seg.predict_batch(np.stack([tile, np.ascontiguousarray(tile.transpose(1, 0, 2))]))
+    a, b = res[0].labels > 0, res[1].labels.T > 0
+    assert a.sum() > 500
+    assert (a & b).sum() / (a | b).sum() > 0.98
+    # a non-square tile (edge of an image): transposed views run as their own batch
+    rect = np.ascontiguousarray(tile[:, :96])
+    ra = seg.predict_batch(rect[None])[0].labels > 0
+    rb = seg.predict_batch(np.ascontiguousarray(rect.transpose(1, 0, 2))[None])[0].labels.T > 0
+    assert ra.shape == (128, 96) and ra.sum() > 300
+    assert (ra & rb).sum() / (ra | rb).sum() > 0.98

@@ -55,9 +55,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
               help="Tile reading threads (default: min(4, available cores); 0 = inline).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--flips", type=click.Choice(["1", "2", "4"]), default=None,
+@click.option("--flips", type=click.Choice(["1", "2", "4", "8"]), default=None,
               help="Test-time flips of instance models: passes per tile, merged by mask voting "
-                   "(default: the card's; aff-nuclei uses 4; 1 is 4x faster, less accurate).")
+                   "(default: the card's; aff-nuclei uses 4; 1 is 4x faster, less accurate; 8 adds "
+                   "the transposed tile's flips).")
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where tile stores live (default: next to the output).")
 @click.option("--shard", callback=parse_shard_option, default=None,

@@ -169,6 +169,13 @@ def instance_inference(
 
 #: flips of the test-time views, in order: identity, left-right, up-down, both (dims of (B, C, H, W))
 FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
+#: views 5-8 of ``flip_views`` 8: the same flips of the transposed tile (all 8 dihedral views)
+VIEW_COUNTS = (1, 2, 4, 8)
+
+
+def view_transforms(views: int) -> list[tuple[bool, tuple[int, ...]]]:
+    """(transpose H and W first?, flipped dims) of each of ``views`` test-time views."""
+    return [(i >= 4, FLIP_VIEWS[i % 4]) for i in range(views)]
 
 
 def vote_views(

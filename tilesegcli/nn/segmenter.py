@@ -126,9 +126,11 @@ class AFFSegmenter:
         self.mask_stride = int(getattr(getattr(model, "sem_seg_head", None), "mask_stride", 4))
         #: test-time flips (instance cards): passes per tile, merged by ``vote_views``
         self.flip_views = int(card.postprocess.get("flip_views", 1)) if card.task == "instance" else 1
-        if self.flip_views not in (1, 2, 4):
-            raise UsageError(f"model {card.name}: postprocess.flip_views must be 1, 2 or 4, "
-                             f"not {self.flip_views}")
+        from tilesegcli.nn.postprocess import VIEW_COUNTS
+
+        if self.flip_views not in VIEW_COUNTS:
+            raise UsageError(f"model {card.name}: postprocess.flip_views must be one of "
+                             f"{', '.join(map(str, VIEW_COUNTS))}, not {self.flip_views}")
 
     @classmethod
     def from_card(cls, card: ModelCard, *, weights: str | Path | None = None,
@@ -175,16 +177,25 @@ class AFFSegmenter:
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.flip_views == 1:
             return self._forward_once(x)
-        from tilesegcli.nn.postprocess import FLIP_VIEWS
+        from tilesegcli.nn.postprocess import view_transforms
 
-        # one batch of B x V flipped copies; each view's masks flipped back, and the views'
-        # candidates concatenated per tile: (B, V*Q, K+1), (B, V*Q, h, w)
-        flips = FLIP_VIEWS[: self.flip_views]
-        logits, masks = self._forward_once(torch.cat([x.flip(d) if d else x for d in flips]))
+        # B x V flipped (and, for 8 views, transposed) copies in one batch per orientation;
+        # each view's masks mapped back, the views' candidates concatenated per tile:
+        # (B, V*Q, K+1), (B, V*Q, h, w)
         b = x.shape[0]
-        lg = [logits[i * b:(i + 1) * b] for i in range(len(flips))]
-        mk = [masks[i * b:(i + 1) * b].flip(d) if d else masks[i * b:(i + 1) * b]
-              for i, d in enumerate(flips)]
+        lg: list[torch.Tensor] = []
+        mk: list[torch.Tensor] = []
+        for transposed in (False, True):
+            views = [d for t, d in view_transforms(self.flip_views) if t == transposed]
+            if not views:
+                continue
+            xt = x.transpose(2, 3) if transposed else x
+            logits, masks = self._forward_once(torch.cat([xt.flip(d) if d else xt for d in views]))
+            for i, d in enumerate(views):
+                m = masks[i * b:(i + 1) * b]
+                m = m.flip(d) if d else m
+                lg.append(logits[i * b:(i + 1) * b])
+                mk.append(m.transpose(2, 3) if transposed else m)
         return torch.cat(lg, 1), torch.cat(mk, 1)
 
     def _forward_once(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

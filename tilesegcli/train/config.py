@@ -93,7 +93,7 @@ class TrainConfig:
     cleanup_radius: int = -1  # instance: >= 0 closes, fills holes, keeps the largest piece
     min_area: int = 4  # instances smaller than this (px at mpp) are dropped at inference
     mask_threshold: float = 0.5  # instance: mask probability above which a pixel is foreground
-    flip_views: int = 1  # instance: 1/2/4 test-time passes over flipped tiles (mask voting)
+    flip_views: int = 1  # instance: 1/2/4/8 test-time passes over flipped tiles (mask voting)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
