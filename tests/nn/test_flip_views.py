@@ -61,7 +61,8 @@ def test_vote_views_keeps_classes_apart() -> None:
     assert len(out) == 2 and sorted(out[:, :2].argmax(1).tolist()) == [0, 1]
 
 
-def test_bundled_model_with_flips_is_flip_equivariant(one_thread: None) -> None:
+def _default_segmenter_and_tile(views: int):  # noqa: ANN202
+    """The default model with ``views`` test-time views and one 128 px tile of bundled tissue."""
     from tilesegcli.zoo import DEFAULT_MODEL, card_names, load_segmenter
 
     if DEFAULT_MODEL not in card_names() or not SLIDE.exists():
@@ -70,15 +71,21 @@ def test_bundled_model_with_flips_is_flip_equivariant(one_thread: None) -> None:
 
     with openslide.OpenSlide(str(SLIDE)) as s:
         region = np.asarray(s.read_region((1000, 1200), 0, (64, 64)).convert("RGB"))
-    # the model works at twice the slide's resolution: one 128 px tile of tissue
+    # the model works at twice the slide's resolution
     tile = np.repeat(np.repeat(region, 2, 0), 2, 1)
-    seg = load_segmenter(DEFAULT_MODEL, device="cpu", flip_views=4)
+    return load_segmenter(DEFAULT_MODEL, device="cpu", flip_views=views), tile
+
+
+def test_bundled_model_with_flips_is_flip_equivariant(one_thread: None) -> None:
+    seg, tile = _default_segmenter_and_tile(4)
     assert seg.flip_views == 4
     res = seg.predict_batch(np.stack([tile, tile[:, ::-1]]))
     a, b = res[0].labels > 0, res[1].labels[:, ::-1] > 0
     assert a.sum() > 500  # nuclei found
     assert (a & b).sum() / (a | b).sum() > 0.98
     assert len(res[0].instance_scores) == len(res[1].instance_scores)
+    from tilesegcli.zoo import DEFAULT_MODEL, load_segmenter
+
     with pytest.raises(UsageError, match="flip_views"):
         load_segmenter(DEFAULT_MODEL, device="cpu", flip_views=3)
 
@@ -100,16 +107,7 @@ def test_eight_views_are_the_dihedral_group() -> None:
 
 
 def test_bundled_model_eight_views_transpose_equivariant(one_thread: None) -> None:
-    from tilesegcli.zoo import DEFAULT_MODEL, card_names, load_segmenter
-
-    if DEFAULT_MODEL not in card_names() or not SLIDE.exists():
-        pytest.skip("default model or bundled slide not present")
-    import openslide
-
-    with openslide.OpenSlide(str(SLIDE)) as s:
-        region = np.asarray(s.read_region((1000, 1200), 0, (64, 64)).convert("RGB"))
-    tile = np.repeat(np.repeat(region, 2, 0), 2, 1)
-    seg = load_segmenter(DEFAULT_MODEL, device="cpu", flip_views=8)
+    seg, tile = _default_segmenter_and_tile(8)
     res = seg.predict_batch(np.stack([tile, np.ascontiguousarray(tile.transpose(1, 0, 2))]))
     a, b = res[0].labels > 0, res[1].labels.T > 0
     assert a.sum() > 500

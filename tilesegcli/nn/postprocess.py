@@ -169,7 +169,8 @@ def instance_inference(
 
 #: flips of the test-time views, in order: identity, left-right, up-down, both (dims of (B, C, H, W))
 FLIP_VIEWS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
-#: views 5-8 of ``flip_views`` 8: the same flips of the transposed tile (all 8 dihedral views)
+#: view counts a card may ask for (``flip_views``); 8 adds the same four flips of the transposed
+#: tile (all 8 dihedral views)
 VIEW_COUNTS = (1, 2, 4, 8)
 
 
