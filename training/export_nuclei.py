@@ -25,14 +25,15 @@ LICENCE = ("Weights: trained by the tileseg project; usable for NON-COMMERCIAL p
            "unstated: research use); NuCLS crops are CC0. Code: Apache-2.0.")
 
 
-def lineage(checkpoint: str) -> list[tuple[str, int]]:
-    """(run name, step) of ``checkpoint`` and of each run it was initialised from, newest first.
-    A resumed copy (v4 of v3) counts its steps from the start of the run it copies."""
-    out: list[tuple[str, int]] = []
+def lineage(checkpoint: str) -> list[tuple[str, int, dict]]:
+    """(run name, step, configuration) of ``checkpoint`` and of each run it was initialised from,
+    newest first (checkpoints are mapped, not read). A resumed copy (v4 of v3) counts its steps
+    from the start of the run it copies."""
+    out: list[tuple[str, int, dict]] = []
     path: str | None = checkpoint
     while path and Path(path).suffix == ".pt" and Path(path).is_file():
         state = load_checkpoint(path, mmap=True)
-        out.append((Path(path).parent.name, int(state["step"])))
+        out.append((Path(path).parent.name, int(state["step"]), state["config"]))
         path = state["config"].get("init_from")
     return out
 
@@ -66,16 +67,17 @@ def main() -> None:
     start = next(r for r in log if r["event"] == "start")
     run_dir = Path(a.checkpoint).parent
     if cfg.init_from and Path(cfg.init_from).suffix == ".pt":
-        parent = load_checkpoint(cfg.init_from, mmap=True)  # only its step, config and lineage are read
-        pdepths = parent["config"]["architecture"]["backbone_kwargs"]["depths"]
+        chain = lineage(cfg.init_from)
+        _, parent_step, parent_cfg = chain[0]
+        pdepths = parent_cfg["architecture"]["backbone_kwargs"]["depths"]
         grown = ("" if list(pdepths) == list(arch["backbone_kwargs"]["depths"]) else
                  f"; AFF deepened from depths {'/'.join(map(str, pdepths))} (added blocks "
                  "started as the identity)")
-        init_note = (f"{cfg.init_from} (step {int(parent['step'])} of its run, "
-                     f"{parent['config']['mpp']} um/px); tensors that fit loaded, fresh optimiser"
+        init_note = (f"{cfg.init_from} (step {parent_step} of its run, "
+                     f"{parent_cfg['mpp']} um/px); tensors that fit loaded, fresh optimiser"
                      + grown)
         trained = f"{step} steps continuing " + ", which continued ".join(
-            f"{s} steps of {name}" for name, s in lineage(cfg.init_from))
+            f"{s} steps of {name}" for name, s, _ in chain)
     else:
         init_note, trained = str(cfg.init_from or "random"), f"{step} steps"
     description = (

@@ -91,8 +91,9 @@ def test_bundled_model_with_flips_is_flip_equivariant(one_thread: None) -> None:
 
 
 def test_eight_views_are_the_dihedral_group() -> None:
-    """flip_views 8: the four flips of the tile and of its transpose, mapped back exactly, on a
-    non-square input too (the transposed views run as their own batch)."""
+    """flip_views 8 lists 8 distinct views (the four flips of the tile and of its transpose), each
+    undone by flipping then transposing back; the segmenter's use of them is tested on the model
+    below."""
     from tilesegcli.nn.postprocess import view_transforms
 
     x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float32).reshape(2, 3, 4, 6)
