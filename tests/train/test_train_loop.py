@@ -116,6 +116,20 @@ def test_exact_resume_and_export(tmp_path: Path) -> None:
     assert torch.equal(got, wa["model"][k].half().float())
 
 
+def test_resume_into_another_directory(tmp_path: Path) -> None:
+    """--resume RUN -O out_dir=NEW continues RUN's checkpoint in NEW (a second schedule beside the
+    first) and leaves RUN as it was; it used to fail with a TypeError (out_dir given twice)."""
+    from tilesegcli.train.loop import train
+
+    a = train(_cfg(tmp_path, "first", 2))
+    before = (a / "last.pt").read_bytes()
+    b = train(resume=a, overrides={"steps": 4, "out_dir": str(tmp_path / "second")})
+    assert b == tmp_path / "second"
+    assert _weights(b)["step"] == 4 and _weights(a)["step"] == 2
+    assert (a / "last.pt").read_bytes() == before
+    assert json.loads((b / "config.json").read_text())["out_dir"] == str(tmp_path / "second")
+
+
 def test_cli_errors(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

@@ -90,8 +90,9 @@ def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
         rp = Path(resume)
         ckpt = rp / "last.pt" if rp.is_dir() else rp
         state = load_checkpoint(ckpt)
+        # the run continues in the checkpoint's directory unless -O out_dir=... says otherwise
         cfg = TrainConfig.from_dict(state["config"]).with_updates(
-            out_dir=str(ckpt.parent), **(overrides or {}))
+            **{"out_dir": str(ckpt.parent), **(overrides or {})})
     elif cfg is None:
         raise UsageError("give a configuration or --resume")
     elif overrides:
