@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,10 @@ class TrainConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise UsageError(f"unknown training option(s): {', '.join(unknown)}")
+        hints = typing.get_type_hints(cls)
+        for k, v in d.items():
+            if not _fits(v, hints[k]):
+                raise UsageError(f"training option {k}={v!r}: expected {_type_name(hints[k])}")
         return cls(**d)
 
     @classmethod
@@ -136,6 +142,30 @@ class TrainConfig:
             va = items_from_json(self.val_list)
         return ([load_item(i, self.mpp) for i in tr] if train else [],
                 [load_item(i, self.mpp) for i in va])
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether a JSON value fits a field type (int is a float; bool is not a number)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is Any:
+        return True
+    if origin is not None:
+        return isinstance(value, origin)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _type_name(tp: Any) -> str:
+    return str(tp).replace("typing.", "").replace("<class '", "").replace("'>", "")
 
 
 def parse_options(pairs: list[str]) -> dict[str, Any]:

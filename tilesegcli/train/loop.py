@@ -50,14 +50,20 @@ def _save_atomic(obj: Any, path: Path) -> None:
 def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     """A training checkpoint (safe unpickling only); ``mmap`` maps tensors lazily, for callers
     that only read its step or configuration."""
+    import zipfile
+
     import torch
 
+    if not Path(path).exists():
+        raise UsageError(f"no checkpoint at {path}")
+    if Path(path).is_file() and not zipfile.is_zipfile(path):
+        raise WeightsError(f"cannot load checkpoint {path}: not a whole training checkpoint "
+                           "(tileseg train writes zip archives; this is another file, or truncated)")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-    except FileNotFoundError as e:
-        raise UsageError(f"no checkpoint at {path}") from e
-    except Exception as e:  # corrupt file or refused pickle
-        raise WeightsError(f"cannot load checkpoint {path}: {e}") from e
+    except Exception as e:  # truncated archive or refused pickle: torch's first line says which
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"cannot load checkpoint {path}: {first}") from None
 
 
 def _rng_state() -> dict[str, Any]:
