@@ -45,3 +45,10 @@ class OutputError(TilesegError, OSError):
 
 class AnnotationError(TilesegError):
     """Annotation/ground-truth file that cannot be parsed."""
+
+
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message, at most ``limit`` characters ("" if it has
+    none): for one-line errors that quote a library's multi-line text."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else ""

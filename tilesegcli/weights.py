@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tilesegcli.errors import WeightsError
+from tilesegcli.errors import WeightsError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -268,12 +268,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise WeightsError(f"refusing to load {path}: it is not plain weights (weights_only "
-                           f"unpickling rejected it: {first[:160]})") from None
+                           f"unpickling rejected it: {first_line(e)})") from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
         raise WeightsError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                           f"{str(e).splitlines()[0][:160] if str(e) else type(e).__name__}") from None
+                           f"{first_line(e) or type(e).__name__}") from None
     if not isinstance(obj, dict):
         raise WeightsError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     return obj

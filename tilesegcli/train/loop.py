@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tilesegcli.errors import UsageError, WeightsError
+from tilesegcli.errors import UsageError, WeightsError, first_line
 from tilesegcli.train.config import TrainConfig
 
 
@@ -62,8 +62,8 @@ def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated archive or refused pickle: torch's first line says which
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"cannot load checkpoint {path}: {first}") from None
+        raise WeightsError(f"cannot load checkpoint {path}: "
+                           f"{first_line(e, 200) or type(e).__name__}") from None
 
 
 def _rng_state() -> dict[str, Any]:
