@@ -436,6 +436,11 @@ def native_shape(path: str | Path) -> tuple[int, int] | None:
     return None
 
 
+#: label maps split into connected parts: smaller parts are edge fragments of a rasteriser (the
+#: MoNuSeg colour masks have 40-80 of 1-20 px per image; the smallest nucleus in the XML is 57 px)
+MIN_PART_AREA = 30
+
+
 def read_annotation(
     path: str | Path,
     shape: tuple[int, int] | None = None,
@@ -448,7 +453,9 @@ def read_annotation(
     """Read any supported annotation file. ``shape`` is the full-resolution (H, W) of the image
     (required for polygon formats, checked for label maps); the result has shape
     round(shape * scale). A binary mask (0/1 or 0/255) becomes one instance per connected
-    component, or with ``split_touching`` is split by :func:`split_binary`."""
+    component, or with ``split_touching`` is split by :func:`split_binary`; a label map with
+    ``split_touching`` becomes one instance per connected part of each label (colour masks),
+    parts under ``MIN_PART_AREA`` full-resolution pixels dropped."""
     if not Path(path).is_file():
         raise AnnotationError(f"{path}: no such annotation file")
     fmt = detect_format(path)
@@ -472,13 +479,15 @@ def read_annotation(
             names = ["background", "Non-Tumor", "Tumor"]
     else:
         lab = read_label_image(path)
-        if lab.size and (lab.max() <= 1 or set(np.unique(lab).tolist()) <= {0, 255}):
-            if split_touching:
-                lab = split_binary(lab)
-            else:
-                from skimage.measure import label as cc_label
+        from skimage.measure import label as cc_label
 
-                lab = cc_label(lab > 0, connectivity=1)
+        if lab.size and (lab.max() <= 1 or set(np.unique(lab).tolist()) <= {0, 255}):
+            lab = split_binary(lab) if split_touching else cc_label(lab > 0, connectivity=1)
+        elif split_touching:  # colour-coded maps reuse colours: one instance per 4-connected part
+            lab = cc_label(lab, background=0, connectivity=1)
+            small = np.bincount(lab.ravel()) < MIN_PART_AREA  # rasteriser fragments (1-20 px)
+            small[0] = False
+            lab[small[lab]] = 0
     if shape is not None and tuple(lab.shape) != tuple(shape):
         raise AnnotationError(f"{path}: label map is {lab.shape[1]}x{lab.shape[0]}, image is {shape[1]}x{shape[0]}")
     if scale != 1.0:

@@ -181,3 +181,30 @@ def test_real_monuseg_binary_split_matches_xml(shared_dir: Path) -> None:
     gt = read_annotation(d / f"annotations/{name}.xml", (1000, 1000)).labels
     m = np.asarray(Image.open(d / f"binary_masks_ykrmm/{name}.png"))
     assert instance_stats(gt, split_binary(m)).pq > 0.8
+
+
+def test_colour_label_map_split_into_parts(tmp_path: Path) -> None:
+    from PIL import Image
+
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[2:10, 2:10] = (200, 10, 10)  # the same colour painted on two separate nuclei
+    rgb[25:33, 40:48] = (200, 10, 10)
+    rgb[2:10, 20:28] = (5, 200, 60)
+    rgb[35, 5] = (9, 9, 200)  # a one-pixel rasteriser fragment
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    assert read_annotation(tmp_path / "c.png", (40, 60)).labels.max() == 3
+    lab = read_annotation(tmp_path / "c.png", (40, 60), split_touching=True).labels
+    assert lab.max() == 3 and len({lab[5, 5], lab[30, 44], lab[5, 24]}) == 3 and lab[35, 5] == 0
+
+
+def test_real_monuseg_colour_masks_match_xml(shared_dir: Path) -> None:
+    from tilesegcli.eval.metrics import instance_stats
+
+    d = shared_dir / "data/nuclei/monuseg2018/train"
+    name = "TCGA-B0-5710-01Z-00-DX1"
+    if not (d / f"color_masks_ykrmm/{name}.png").is_file():
+        pytest.skip("colour masks not in ../shared")
+    gt = read_annotation(d / f"annotations/{name}.xml", (1000, 1000)).labels
+    col = read_annotation(d / f"color_masks_ykrmm/{name}.png", (1000, 1000), split_touching=True).labels
+    st = instance_stats(gt, col)
+    assert st.dq > 0.97 and st.pq > 0.85

@@ -88,6 +88,10 @@ def test_nuclei_manifest_split(shared_dir) -> None:
     extra = [t for t in tr2 if t.split_touching]
     assert va2 == va and len(extra) == 17 and len(tr2) == len(tr) + 17
     assert not {t.name[:12] for t in extra} & {v.name[:12] for v in va}  # no validation patient
+    tr3, va3 = nuclei_manifest(shared_dir / "data" / "nuclei", monuseg_color=True)
+    col = [t for t in tr3 if t.split_touching]
+    assert va3 == va and [t.name for t in col] == [t.name for t in extra]
+    assert all("color_masks_ykrmm" in t.annotation for t in col)
 
 
 def test_val_list_replaces_preset_validation(shared_dir, tmp_path) -> None:

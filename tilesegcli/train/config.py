@@ -43,6 +43,7 @@ class TrainConfig:
     data_preset: str | None = "nuclei"
     data_root: str = "../shared/data/nuclei"
     monuseg_binary: bool = False  # nuclei preset: add the MoNuSeg images with binary masks only
+    monuseg_color: bool = False  # nuclei preset: add those images from their colour instance masks
     train_list: str | None = None
     val_list: str | None = None
     class_names: list[str] = field(default_factory=lambda: ["nucleus"])
@@ -135,7 +136,8 @@ class TrainConfig:
         if self.train_list:
             tr, va = items_from_json(self.train_list), []
         elif self.data_preset == "nuclei":
-            tr, va = nuclei_manifest(self.data_root, monuseg_binary=self.monuseg_binary)
+            tr, va = nuclei_manifest(self.data_root, monuseg_binary=self.monuseg_binary,
+                                     monuseg_color=self.monuseg_color)
         else:
             raise UsageError("no training data: set data_preset='nuclei' or train_list")
         if self.val_list:

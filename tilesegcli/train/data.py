@@ -29,7 +29,8 @@ class DataItem:
     mpp: float
     group: str = ""
     name: str = ""
-    #: binary masks only: split touching objects (``annotations.split_binary``)
+    #: split touching objects apart: binary masks by watershed (``annotations.split_binary``),
+    #: colour/label maps into connected components within each label
     split_touching: bool = False
 
     @property
@@ -107,7 +108,7 @@ _MONUSEG_ORGAN = {"21": "lung", "50": "lung", "A7": "breast", "AR": "breast", "E
                   "B0": "kidney", "CH": "prostate", "G9": "prostate", "NH": "colon"}
 
 
-def nuclei_manifest(root: str | Path, *, monuseg_binary: bool = False
+def nuclei_manifest(root: str | Path, *, monuseg_binary: bool = False, monuseg_color: bool = False
                     ) -> tuple[list[DataItem], list[DataItem]]:
     """(train, val) items of the bundled nuclei data under ``root`` (../shared/data/nuclei).
 
@@ -116,6 +117,9 @@ def nuclei_manifest(root: str | Path, *, monuseg_binary: bool = False
     * ``monuseg_binary``: also the 17 MoNuSeg training images that only have a binary mask
       (``binary_masks_ykrmm``), touching nuclei split by watershed (``split_binary``; on the 4
       validation images that split scores PQ 0.85 against their XML). Never a validation patient.
+    * ``monuseg_color``: the same 17 images from their colour instance masks instead
+      (``color_masks_ykrmm``: one colour per nucleus, split into connected components within a
+      colour; DQ 0.99-1.00 against the XML where both exist). Takes precedence over the binary ones.
     * CPM-15: image01-07 at 20x (taken as 0.5 µm/px), image08-15 at 40x (0.25 µm/px);
       image04/05 masks are swapped in the source, fixed here.
     * NuCLS: 10 breast crops at 40x (0.25 µm/px).
@@ -129,10 +133,11 @@ def nuclei_manifest(root: str | Path, *, monuseg_binary: bool = False
         organ = _MONUSEG_ORGAN.get(xml.stem.split("-")[1], "other")
         it = DataItem(str(img), str(xml), MONUSEG_MPP, f"monuseg:{organ}:{xml.stem[:12]}", xml.stem)
         (val if xml.stem in NUCLEI_VAL else train).append(it)
-    if monuseg_binary:
+    if monuseg_binary or monuseg_color:
         have_xml = {Path(i.annotation).stem for i in train + val}
         val_patients = {n[:12] for n in NUCLEI_VAL}
-        for png in sorted((mon / "binary_masks_ykrmm").glob("*.png")):
+        folder = "color_masks_ykrmm" if monuseg_color else "binary_masks_ykrmm"
+        for png in sorted((mon / folder).glob("*.png")):
             if png.stem in have_xml or png.stem[:12] in val_patients:
                 continue
             img = mon / "images" / f"{png.stem}.tif"
