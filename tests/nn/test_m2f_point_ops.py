@@ -89,3 +89,20 @@ def test_knn_sparse_clustered_database() -> None:
     ref = knn_bruteforce(q, db, 9)  # stable sort: smaller k = prefix
     for k in (1, 4, 9):
         assert torch.equal(knn(q, db, k), ref[..., :k])
+
+
+def test_sine_embed_fixed_extent_is_tile_size_independent() -> None:
+    import torch
+
+    from tilesegcli.nn.point_ops import sine_embed
+
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    small = torch.stack([xx.flatten(), yy.flatten()], -1)[None]
+    yy, xx = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    big = torch.stack([xx.flatten(), yy.flatten()], -1)[None]
+    in_big = (big[0, :, 0] < 32) & (big[0, :, 1] < 32)
+    fixed_s, fixed_b = sine_embed(small, 16, extent=31.0), sine_embed(big, 16, extent=31.0)
+    assert torch.allclose(fixed_s[0], fixed_b[0, in_big], atol=1e-6)
+    # extent = grid size - 1 is the official per-max normalisation on that grid (up to its 1e-6)
+    assert torch.allclose(fixed_s, sine_embed(small, 16), atol=1e-4)
+    assert not torch.allclose(sine_embed(small, 16)[0], sine_embed(big, 16)[0, in_big], atol=1e-2)

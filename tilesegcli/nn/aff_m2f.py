@@ -97,6 +97,7 @@ class AFFMask2FormerHead(nn.Module):
         shepard_power: float = 6.0,
         shepard_power_learnable: bool = True,
         hires_dim: int = 0,
+        pe_extent: float | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -113,6 +114,8 @@ class AFFMask2FormerHead(nn.Module):
             nheads=nheads, dim_feedforward=dim_feedforward, dec_layers=dec_layers,
             mask_dim=mask_dim,
         )
+        # tileseg extension: position embeddings on a fixed scale (None: official, per max)
+        self.pixel_decoder.pe_extent = self.predictor.pe_extent = pe_extent
 
     def forward(self, feats: BackboneOutput, with_aux: bool = True,
                 images: torch.Tensor | None = None) -> dict:

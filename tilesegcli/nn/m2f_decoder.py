@@ -127,6 +127,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             raise ValueError("dec_layers must be >= 1")
         self.hidden_dim = hidden_dim
         self.pe_per_image = False  # True: position-embedding scale per image, not per batch
+        #: fixed position-embedding divisor (tile-size independent; see point_ops.sine_embed)
+        self.pe_extent: float | None = None
         self.num_heads = nheads
         self.num_layers = dec_layers - 1
         self.num_classes = num_classes
@@ -175,7 +177,8 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         ``mask_embed`` (final) and ``aux_mask_embed`` (list, one per aux output)."""
         srcs, pes = [], []
         for i in range(self.num_feature_levels):
-            pe = sine_embed(poss[i], self.hidden_dim // 2, per_image=self.pe_per_image)
+            pe = sine_embed(poss[i], self.hidden_dim // 2, per_image=self.pe_per_image,
+                            extent=self.pe_extent)
             pes.append(pe.permute(1, 0, 2))
             src = self.input_proj[i](feats[i]) + self.level_embed.weight[i][None, None, :]
             srcs.append(src.permute(1, 0, 2))

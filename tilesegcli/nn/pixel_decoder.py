@@ -269,6 +269,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         self.enc_levels = ["res5", "res4", "res3"]
         self.conv_dim = conv_dim
         self.pe_per_image = False  # True: position-embedding scale per image, not per batch
+        #: fixed position-embedding divisor (tile-size independent; see point_ops.sine_embed)
+        self.pe_extent: float | None = None
         self.input_proj = nn.ModuleList([_proj(in_channels[k], conv_dim) for k in self.enc_levels])
         for p in self.input_proj:
             nn.init.xavier_uniform_(p[0].weight, gain=1)
@@ -296,7 +298,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
             x, pos = lv[name].feat.float(), lv[name].pos.float()
             srcs.append(self.input_proj[i](x))
             poss.append(pos)
-            pe = sine_embed(pos, self.conv_dim // 2, per_image=self.pe_per_image)
+            pe = sine_embed(pos, self.conv_dim // 2, per_image=self.pe_per_image,
+                            extent=self.pe_extent)
             pes.append(pe + self.transformer.level_embed[i].view(1, 1, -1))
         table = SamplingTable.build(poss, canvas)
         out = srcs

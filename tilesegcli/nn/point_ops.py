@@ -250,7 +250,8 @@ def shepard_upsample(
 
 
 def sine_embed(
-    pos: torch.Tensor, num_feats: int, temperature: float = 10000.0, per_image: bool = False
+    pos: torch.Tensor, num_feats: int, temperature: float = 10000.0, per_image: bool = False,
+    extent: float | None = None,
 ) -> torch.Tensor:
     """Point sine embedding (official PositionEmbeddingSine, normalize=True): (B, n, 2) -> (B, n, 2F).
 
@@ -258,11 +259,18 @@ def sine_embed(
     output is [sin(x/d_even), cos(x/d_odd), sin(y/d_even), cos(y/d_odd)].
     per_image=True normalises by each image's own max instead (batch-independent results; equal
     to the official behaviour for batch size 1).
+    extent: a fixed divisor instead of any max (a tileseg extension): a token's embedding then
+    depends on its position alone, not on the size of the image it came from, so one network
+    serves tiles of any size on one physical scale. extent = (training tile / stride) - 1 equals
+    the per-image max on a full grid of that tile size.
     """
     scale = 2 * math.pi
     y = pos[:, :, 1]
     x = pos[:, :, 0]
-    if per_image:
+    if extent is not None:
+        y = y / extent * scale
+        x = x / extent * scale
+    elif per_image:
         y = y / (y.amax(1, keepdim=True) + 1e-6) * scale
         x = x / (x.amax(1, keepdim=True) + 1e-6) * scale
     else:
