@@ -106,7 +106,8 @@ def stitch_and_write(store: TileStore, out: Path, *, fmt: str, labels: Path | No
         has_inst = store.task in ("instance", "panoptic")
         if has_inst:
             tiles = first_pass if first_pass is not None else store.iter_results()
-            for obj in stitch_instances(grid, tiles, stats=inst_stats):
+            for obj in stitch_instances(grid, tiles, stats=inst_stats,
+                                        min_area_px=card_min_area(store.meta)):
                 if writer.write(obj):
                     n_inst += 1
                     if lw is not None:
@@ -124,7 +125,15 @@ def stitch_and_write(store: TileStore, out: Path, *, fmt: str, labels: Path | No
             "instances_merged_across_seams": inst_stats.merged,
             "instances_owned": inst_stats.owned,
             "duplicate_views": inst_stats.duplicate_views,
+            "instances_below_min_area": inst_stats.small_dropped,
+            **{f"instances_{k}": int(v) for k, v in inst_stats.extra.items()},
             "tiles_stitched": max(inst_stats.tiles, sem_stats.tiles)}
+
+
+def card_min_area(meta: dict[str, Any]) -> float:
+    """The model card's ``min_area`` (working px²) recorded in a store; 0 without a card."""
+    card = (meta.get("model") or {}).get("card") or {}
+    return float(card.get("min_area") or 0)
 
 
 def slide_info_from_meta(meta: dict[str, Any]) -> Any:

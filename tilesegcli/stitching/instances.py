@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tilesegcli.stitching.overlaps import OverlapResolver
 from tilesegcli.stitching.types import StitchedObject, StitchStats
 from tilesegcli.vectorize import labels_to_geometries, make_valid_polygonal
 
@@ -291,23 +292,23 @@ def stitch_instances(
     stats: StitchStats | None = None,
     match_iomin: float = 0.5,
 ) -> Iterator[StitchedObject]:
-    """Stream every instance exactly once (geometry in working px). ``tiles`` in row-major order."""
+    """Stream every instance exactly once (geometry in working px). ``tiles`` in row-major order.
+
+    The last stage (:class:`~tilesegcli.stitching.overlaps.OverlapResolver`) makes every object
+    one clean polygon of at least ``min_area_px`` and removes overlaps between detections."""
     st = stats if stats is not None else StitchStats()
     pool = _SeamPool(grid, match_iomin)
+    held = OverlapResolver(min_area_px, grid.stride_px, st)
     row, last_index, uid = -1, -1, 0
 
-    def emit(obj: StitchedObject | None) -> Iterator[StitchedObject]:
-        if obj is None:
-            return
-        if min_area_px and obj.geometry.area < min_area_px:
-            st.small_dropped += 1
-            return
-        st.objects += 1
-        if obj.merged:
-            st.merged += 1
-        else:
-            st.owned += 1
-        yield obj
+    def out(objs: Iterable[StitchedObject]) -> Iterator[StitchedObject]:
+        for obj in objs:
+            st.objects += 1
+            if obj.merged:
+                st.merged += 1
+            else:
+                st.owned += 1
+            yield obj
 
     for spec, res in tiles:
         if spec.index <= last_index:
@@ -316,13 +317,21 @@ def stitch_instances(
         if spec.row != row:
             row = spec.row
             for g in pool.pop_groups(row * grid.stride_px):
-                yield from emit(_resolve(g, st))
+                obj = _resolve(g, st)
+                if obj is not None:
+                    held.add(obj)
+            # nothing emitted from now on reaches above this row's windows or a pending view's
+            bound = min([spec.y, *(v.window[1] for v in pool.views.values())])
+            yield from out(held.release(bound))
         st.tiles += 1
         done, views = _tile_objects(grid, spec, res, uid)
         uid += len(views)
         for obj in done:
-            yield from emit(obj)
+            held.add(obj)
         pool.add(spec, views)
         st.pending_peak = max(st.pending_peak, len(pool.views))
     for g in pool.pop_groups(None):
-        yield from emit(_resolve(g, st))
+        obj = _resolve(g, st)
+        if obj is not None:
+            held.add(obj)
+    yield from out(held.finish())
