@@ -39,3 +39,35 @@ def test_default_model_finds_nuclei_on_bundled_slide(tmp_path: Path, one_thread:
     # H&E tissue holds roughly 1,000-10,000 nuclei per mm²; a nucleus is ~10-150 µm²
     assert 1000 < density < 12000, (len(feats), density)
     assert 10 < float(np.median(areas)) < 120, float(np.median(areas))
+
+
+# the epidermis: the slide's densest nuclei, so many of them sit on tile seams
+DENSE_WINDOW = (1000, 1600, 1400, 2000)
+
+
+def test_default_model_leaves_no_seam_artefacts_on_real_slide(tmp_path: Path, one_thread: None) -> None:
+    """Real model, real slide, card defaults (4 views, 128/32 tiles at 0.25 µm/px: 0.499 µm/px
+    upsampled 2x): no detection below the card's min_area, no MultiPolygon, no two overlapping."""
+    if DEFAULT_MODEL not in card_names() or not SLIDE.exists():
+        pytest.skip("default model or bundled slide not present")
+    import shapely
+
+    from tilesegcli import predict
+    from tilesegcli.eval.audit import audit_instances
+    from tilesegcli.zoo import load_card
+
+    x0, y0, x1, y1 = DENSE_WINDOW
+    roi = tmp_path / "roi.geojson"
+    roi.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {"objectType": "annotation"},
+        "geometry": shapely.geometry.mapping(shapely.box(x0, y0, x1, y1))}]}))
+    out = tmp_path / "nuclei.geojson"
+    [r] = predict(SLIDE, model=DEFAULT_MODEL, output=out, roi=roi)
+    assert r.status == "done", r.error
+    geoms = [shapely.geometry.shape(f["geometry"]) for f in json.loads(out.read_text())["features"]]
+    card = load_card(DEFAULT_MODEL)
+    ds = card.mpp / 0.499  # level-0 px per working px
+    audit = audit_instances(geoms, card.min_area * ds * ds - 1e-6, overlap_tol=1e-6)
+    assert audit["objects"] > 150, audit
+    assert audit["below_min_area"] == 0 and audit["multipolygons"] == 0, audit
+    assert audit["overlapping_pairs"] == 0, audit
