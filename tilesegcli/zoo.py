@@ -36,7 +36,9 @@ Card format (JSON object, ``"format": 1``)::
                        "cleanup_radius" (instance: >= 0 closes/fills/keeps the largest piece),
                        "mask_threshold" (instance: mask probability cut, default 0.5),
                        "flip_views" (instance: 1, 2, 4 or 8 passes over flipped copies of each
-                       tile (8: also transposed), merged by mask voting; default 1 = one pass)}
+                       tile (8: also transposed), merged by mask voting; default 1 = one pass),
+                       "fg_gate" (instance, heads with ``fg_head``: drop instances whose mean
+                       foreground probability is below it; 0 = off)}
     weights           {"url": str|null, "sha256": hex|null (null = unknown: verified by strict
                        loading), "size": bytes|null, "filename": str, "bundled": bool (file lives
                        next to the card), "format": "auto"|"detectron2"|"state_dict"|
@@ -89,7 +91,8 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 _OVERRIDABLE = ("tile_size", "overlap", "mpp", "mpp_unit", "min_area")
 _POSTPROCESS_DEFAULTS = {"score_threshold": 0.5, "top_k": 100, "object_mask_threshold": 0.8,
                          "overlap_threshold": 0.8, "min_visible_fraction": 0.0,
-                         "cleanup_radius": -1, "mask_threshold": 0.5, "flip_views": 1}
+                         "cleanup_radius": -1, "mask_threshold": 0.5, "flip_views": 1,
+                         "fg_gate": 0.0}
 
 
 class InvalidCardError(UsageError):

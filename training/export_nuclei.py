@@ -49,6 +49,8 @@ def main() -> None:
     ap.add_argument("--cleanup-radius", type=int, required=True)
     ap.add_argument("--min-area", type=int, required=True)
     ap.add_argument("--flip-views", type=int, default=1)
+    ap.add_argument("--fg-gate", type=float, default=0.0,
+                    help="ship the dense head and drop instances less foreground than this")
     ap.add_argument("--one-view-json", default=None,
                     help="--validate JSON of the same checkpoint with -O flip_views=1")
     ap.add_argument("--out", default="models/aff-nuclei.json")
@@ -139,7 +141,8 @@ def main() -> None:
                       + (f"; exported step {step}" if step < cfg.steps else "")),
         "losses": ("Mask2Former set loss (CE 2, BCE 5, dice 5; no-object 0.1) on all decoder "
                    "layers + auxiliary dense foreground/boundary loss on the pixel decoder "
-                   "(not exported)"),
+                   + ("(exported as fg_head: the foreground gate)" if a.fg_gate > 0
+                      else "(not exported)")),
         "augmentation": ("dihedral flips/rotations, HED stain jitter, colour jitter, scale "
                          f"{cfg.scale_range[0]}-{cfg.scale_range[1]}"),
         "resume": f"tileseg train --resume training/{run_dir.name}",
@@ -149,7 +152,7 @@ def main() -> None:
                overrides={"score_threshold": a.score_threshold,
                           "min_visible_fraction": a.min_visible,
                           "cleanup_radius": a.cleanup_radius, "min_area": a.min_area,
-                          "flip_views": a.flip_views})
+                          "flip_views": a.flip_views, "fg_gate": a.fg_gate})
     print(p)
 
 

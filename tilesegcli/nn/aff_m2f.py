@@ -98,6 +98,7 @@ class AFFMask2FormerHead(nn.Module):
         shepard_power_learnable: bool = True,
         hires_dim: int = 0,
         pe_extent: float | None = None,
+        fg_head: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -116,6 +117,10 @@ class AFFMask2FormerHead(nn.Module):
         )
         # tileseg extension: position embeddings on a fixed scale (None: official, per max)
         self.pixel_decoder.pe_extent = self.predictor.pe_extent = pe_extent
+        # tileseg extension: the dense foreground/boundary head training has (train/net.py), kept
+        # for inference: ``pred_fg`` (B, 2, h, w) logits on the stride-4 canvas (fg, boundary)
+        self.fg_head = (nn.Sequential(nn.Linear(mask_dim, mask_dim), nn.GELU(),
+                                      nn.Linear(mask_dim, 2)) if fg_head else None)
 
     def forward(self, feats: BackboneOutput, with_aux: bool = True,
                 images: torch.Tensor | None = None) -> dict:
@@ -135,6 +140,11 @@ class AFFMask2FormerHead(nn.Module):
             out["pred_masks"] = masks_from_embed(out.pop("mask_embed"), fmap)
             for aux, emb in zip(out["aux_outputs"], out.pop("aux_mask_embed"), strict=True):
                 aux["pred_masks"] = masks_from_embed(emb, fmap)
+        if self.fg_head is not None:
+            from tilesegcli.nn.point_ops import point2img
+
+            fg = self.fg_head(pd.mask_features).permute(0, 2, 1)
+            out["pred_fg"] = point2img(fg, pd.mask_pos, pd.canvas_hw)
         out["mask_stride"] = self.mask_stride
         return out
 

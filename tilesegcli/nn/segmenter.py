@@ -174,40 +174,47 @@ class AFFSegmenter:
         with torch.autocast(dev, dtype=dt):
             return head.decode(pd, with_aux=False, images=x)
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if self.flip_views == 1:
             return self._forward_once(x)
         from tilesegcli.nn.postprocess import view_transforms
 
         # B x V flipped (and, for 8 views, transposed) copies in one batch per orientation;
         # each view's masks mapped back, the views' candidates concatenated per tile:
-        # (B, V*Q, K+1), (B, V*Q, h, w)
+        # (B, V*Q, K+1), (B, V*Q, h, w); foreground maps mapped back and averaged: (B, h', w')
         b = x.shape[0]
         lg: list[torch.Tensor] = []
         mk: list[torch.Tensor] = []
+        fgs: list[torch.Tensor] = []
         for transposed in (False, True):
             views = [d for t, d in view_transforms(self.flip_views) if t == transposed]
             if not views:
                 continue
             xt = x.transpose(2, 3) if transposed else x
-            logits, masks = self._forward_once(torch.cat([xt.flip(d) if d else xt for d in views]))
+            logits, masks, fg = self._forward_once(torch.cat([xt.flip(d) if d else xt for d in views]))
             for i, d in enumerate(views):
                 m = masks[i * b:(i + 1) * b]
                 m = m.flip(d) if d else m
                 lg.append(logits[i * b:(i + 1) * b])
                 mk.append(m.transpose(2, 3) if transposed else m)
-        return torch.cat(lg, 1), torch.cat(mk, 1)
+                if fg is not None:
+                    f = fg[i * b:(i + 1) * b]
+                    f = f.flip([k - 1 for k in d]) if d else f  # (B, h, w): one dim fewer
+                    fgs.append(f.transpose(1, 2) if transposed else f)
+        fg_mean = torch.stack(fgs).mean(0) if fgs else None
+        return torch.cat(lg, 1), torch.cat(mk, 1), fg_mean
 
-    def _forward_once(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward_once(self, x: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         with torch.inference_mode():
             if self.amp:
                 out = self._amp_model(x)
                 logits, masks = out["pred_logits"].float(), out["pred_masks"].float()
                 if bool(torch.isfinite(logits).all()) and bool(torch.isfinite(masks).all()):
-                    return logits, masks
+                    return logits, masks, _fg_prob(out)
                 log.warning("%s: fp16 outputs not finite; recomputing the batch in fp32", self.name)
             out = self._call(x)
-            return out["pred_logits"].float(), out["pred_masks"].float()
+            return out["pred_logits"].float(), out["pred_masks"].float(), _fg_prob(out)
 
     def _call(self, x: torch.Tensor) -> dict:
         # inference needs no auxiliary (per-layer) predictions
@@ -217,16 +224,24 @@ class AFFSegmenter:
         """Raw network outputs on CPU: pred_logits (B, Q, K+1), pred_masks (B, Q, h/s, w/s),
         s = ``mask_stride`` (4; 2 for heads with stride-2 mask features). With ``flip_views``
         V > 1 the V views' candidates are concatenated: V*Q per tile (``tile_result`` merges them)."""
-        logits, masks = self._forward(self._prepare(tiles))
-        return logits.cpu(), masks.cpu()
+        logits, masks, _ = self.forward_maps(tiles)
+        return logits, masks
+
+    def forward_maps(self, tiles: np.ndarray
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``forward`` plus the foreground probability (B, h/4, w/4) of heads with ``fg_head``
+        (mean over the flip views), else None."""
+        logits, masks, fg = self._forward(self._prepare(tiles))
+        return logits.cpu(), masks.cpu(), None if fg is None else fg.cpu()
 
     def predict_batch(self, tiles: np.ndarray) -> list[TileResult]:
         """tiles: (B, H, W, 3) uint8 RGB at the card's resolution -> B TileResults."""
         if len(tiles) == 0:
             return []
-        logits, masks = self.forward(tiles)
+        logits, masks, fg = self.forward_maps(tiles)
         hw = (int(tiles.shape[1]), int(tiles.shape[2]))
-        return [self.tile_result(logits[i], masks[i], hw) for i in range(len(tiles))]
+        return [self.tile_result(logits[i], masks[i], hw, fg=None if fg is None else fg[i])
+                for i in range(len(tiles))]
 
     # ------------------------------------------------------------------------------ conversion
 
@@ -247,9 +262,11 @@ class AFFSegmenter:
         return out.numpy()
 
     def tile_result(self, logits: torch.Tensor, masks: torch.Tensor, hw: tuple[int, int], *,
-                    score_threshold: float | None = None) -> TileResult:
-        """One tile's raw outputs (``forward``) -> TileResult with the card's post-processing;
-        ``score_threshold`` overrides the card's (threshold sweeps reuse one forward pass)."""
+                    score_threshold: float | None = None, fg: torch.Tensor | None = None,
+                    fg_gate: float | None = None) -> TileResult:
+        """One tile's raw outputs (``forward_maps``) -> TileResult with the card's
+        post-processing; ``score_threshold`` / ``fg_gate`` override the card's (sweeps reuse one
+        forward pass). ``fg``: the tile's foreground probability map, for the gate."""
         from tilesegcli.nn.postprocess import instance_inference, panoptic_inference
 
         post = self.card.postprocess
@@ -274,7 +291,11 @@ class AFFSegmenter:
                                       min_visible=float(post.get("min_visible_fraction", 0.0)),
                                       cleanup_radius=int(post.get("cleanup_radius", -1)),
                                       mask_threshold=float(post.get("mask_threshold", 0.5)))
-            return self._instances(inst.labels, inst.classes + off, inst.scores)
+            gate = float(post.get("fg_gate", 0.0) if fg_gate is None else fg_gate)
+            labels, classes, scores = inst.labels, inst.classes + off, inst.scores
+            if gate > 0 and fg is not None:
+                labels, classes, scores = gate_instances(labels, classes, scores, fg, gate)
+            return self._instances(labels, classes, scores)
         sem = self._semantic(logits, masks, hw)
         pan = panoptic_inference(
             logits, masks, hw, thing_classes=self._things,
@@ -316,3 +337,30 @@ class AFFSegmenter:
                 "card_source": self.card.source, "weights": self.weights_path,
                 "weights_sha256": self.weights_sha256, "device": str(self.device),
                 "amp": self.amp}
+
+
+def _fg_prob(out: dict) -> torch.Tensor | None:
+    """Foreground probability (B, h, w) from a head's ``pred_fg`` logits, if it has them."""
+    fg = out.get("pred_fg")
+    return None if fg is None else fg[:, 0].float().sigmoid()
+
+
+def gate_instances(labels: np.ndarray, classes: np.ndarray, scores: np.ndarray,
+                   fg: torch.Tensor, gate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Drop instances whose mean foreground probability (``fg`` on the stride-4 canvas,
+    bilinearly resized to the tile) is below ``gate``; the rest renumbered 1..K in order."""
+    labels = np.asarray(labels)
+    n = len(scores)
+    if n == 0:
+        return labels, classes, scores
+    h, w = labels.shape
+    up = F.interpolate(fg[None, None].float(), size=(fg.shape[-2] * 4, fg.shape[-1] * 4),
+                       mode="bilinear", align_corners=False)[0, 0, :h, :w].numpy()
+    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    mean = np.bincount(labels.ravel(), weights=up.ravel(), minlength=n + 1)[1:] / np.maximum(area, 1)
+    keep = mean >= gate
+    if keep.all():
+        return labels, classes, scores
+    remap = np.zeros(n + 1, labels.dtype)
+    remap[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
+    return remap[labels], np.asarray(classes)[keep], np.asarray(scores)[keep]

@@ -97,6 +97,7 @@ class TrainConfig:
     min_area: int = 4  # instances smaller than this (px at mpp) are dropped at inference
     mask_threshold: float = 0.5  # instance: mask probability above which a pixel is foreground
     flip_views: int = 1  # instance: 1/2/4/8 test-time passes over flipped tiles (mask voting)
+    fg_gate: float = 0.0  # instance: drop instances whose mean dense foreground prob is below it
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -20,7 +20,8 @@ from tilesegcli.errors import UsageError
 
 #: post-processing fields of a training configuration, stored under a card's ``postprocess``
 POSTPROCESS_FIELDS = ("score_threshold", "object_mask_threshold", "overlap_threshold",
-                      "min_visible_fraction", "cleanup_radius", "mask_threshold", "flip_views")
+                      "min_visible_fraction", "cleanup_radius", "mask_threshold", "flip_views",
+                      "fg_gate")
 
 #: fields a fine-tuning run takes from the model it starts from (``--init-from``)
 INHERITED_FIELDS = ("architecture", "class_names", "mpp", "mpp_unit", "tile", "overlap", "mean",

@@ -149,6 +149,15 @@ def export(checkpoint: str | Path, card_path: str | Path, *, name: str, descript
     state = load_checkpoint(checkpoint)
     cfg = TrainConfig.from_dict(state["config"]).with_updates(**(overrides or {}))
     sd = {k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")}
+    if cfg.fg_gate > 0:  # the gate needs the dense head: shipped as the head's fg_head
+        dense = {k: v for k, v in state["model"].items() if k.startswith("dense.")}
+        if not dense:
+            raise UsageError(f"{checkpoint}: fg_gate needs the auxiliary dense head, which this "
+                             "checkpoint lacks (aux_dense_weight 0)")
+        sd.update({f"sem_seg_head.fg_head.{k[len('dense.'):]}": v for k, v in dense.items()})
+        arch = dict(cfg.architecture)
+        arch["head_kwargs"] = {**arch["head_kwargs"], "fg_head": True}
+        cfg = cfg.with_updates(architecture=arch)
     card_path = Path(card_path)
     try:
         card_path.parent.mkdir(parents=True, exist_ok=True)
