@@ -6,7 +6,7 @@ it also runs the same image cropped by S px at the top-left, which moves every t
 px, and matches the two outputs object by object inside the common area (IoU > 0.5, one-to-one
 by ``scipy.optimize.linear_sum_assignment``): the matched fraction and mean IoU say how much the
 result depends on where the seams fall (an untiled run, one tile for the whole image, is not
-meaningful for a card whose query count fits its tile size).
+meaningful for a card whose query count fits its tile size; ``--untiled`` measures it anyway).
 
     python benchmarks/seam_check.py ../shared/data/nuclei/monuseg2018/train/images/X.tif \
         --mpp 0.2527 --shift 48
@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--mpp", type=float, required=True, help="the image's µm/px")
     ap.add_argument("--model", default="aff-nuclei")
     ap.add_argument("--shift", type=int, default=0, help="also run cropped by this many px")
+    ap.add_argument("--untiled", action="store_true",
+                    help="also run the whole image as one tile (overlap 0) and match against it")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     from tilesegcli.eval.audit import audit_instances, match_instances
@@ -86,6 +88,14 @@ def main() -> None:
             report["shift_match"] = match_instances(inside(base, box), inside(moved, box))
             print("shifted quality:", report["shifted_quality"])
             print("tiled vs seams moved by", s, "px:", report["shift_match"], flush=True)
+        if a.untiled:
+            h, w = read_rgb(a.image).shape[:2]
+            side = int(np.ceil(max(h, w) / ds)) + 1  # working px: the image in one tile
+            whole = run(a.image, a.mpp, seg, Path(d) / "c.geojson", tile_size=side, overlap=0)
+            report["untiled_quality"] = audit_instances(whole, min_area_l0)
+            report["tiled_vs_untiled"] = match_instances(base, whole)
+            print("untiled quality:", report["untiled_quality"])
+            print("tiled vs one tile:", report["tiled_vs_untiled"], flush=True)
     if a.json:
         a.json.write_text(json.dumps(report, indent=1))
 

@@ -20,13 +20,13 @@ import tempfile
 import time
 from pathlib import Path
 
-KEYS = {"tile": int, "overlap": int, "views": int, "thr": float, "pe": float}
+KEYS = {"tile": int, "overlap": int, "views": int, "thr": float, "gate": float, "pe": float}
 
 
 def parse_config(text: str) -> dict:
-    """'tile=128,overlap=16,views=2[,thr=0.6][,pe=31]' (thr: score threshold, pe: fixed
-    position-embedding extent; both default to the card's)."""
-    cfg: dict = {"thr": None, "pe": None}
+    """'tile=128,overlap=16,views=2[,thr=0.6][,gate=0.5][,pe=31]' (thr: score threshold, gate:
+    foreground gate, pe: fixed position-embedding extent; all default to the card's)."""
+    cfg: dict = {"thr": None, "gate": None, "pe": None}
     for part in text.split(","):
         k, _, v = part.partition("=")
         if k not in KEYS or not v:
@@ -45,8 +45,9 @@ def run_config(seg, cfg: dict, items: list[dict], work: Path) -> dict:
     saved = head.pixel_decoder.pe_extent, seg.flip_views, dict(post)
     if cfg["pe"] is not None:
         head.pixel_decoder.pe_extent = head.predictor.pe_extent = cfg["pe"]
-    if cfg["thr"] is not None:
-        object.__setattr__(seg.card, "postprocess", {**post, "score_threshold": cfg["thr"]})
+    changed = {k: cfg[c] for c, k in (("thr", "score_threshold"), ("gate", "fg_gate"))
+               if cfg[c] is not None}
+    object.__setattr__(seg.card, "postprocess", {**post, **changed})
     seg.flip_views = cfg["views"]
     name = "_".join(f"{k}{v}" for k, v in sorted(cfg.items()))
     pred, gt = work / name / "pred", work / name / "gt"
