@@ -7,7 +7,7 @@ GeoJSONSeq (or QuPath GeoJSON with --format qupath). Prints objects/s (stitch+ve
 tile generation excluded), RSS after 10% of the objects and at the end, and peak RSS: in streaming
 mode RSS must not grow with the object count.
 
-    /work/venv/bin/python benchmarks/bench_stitch.py [--objects 1000000] [--format geojsonseq]
+    python benchmarks/bench_stitch.py [--objects 1000000] [--format geojsonseq]
 
 ``--vs-model`` measures, in one run, stitch + vectorize + write time per tile against the forward
 time per tile of the realistic model (the aff-nuclei card: its AFF + Mask2Former, tile size and

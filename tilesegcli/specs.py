@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+#: ImageNet input normalisation, RGB on the 0..255 scale (detectron2's PIXEL_MEAN / PIXEL_STD):
+#: the default of every card and network here
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
 
 @dataclass(frozen=True)
 class LevelInfo:

@@ -1,4 +1,4 @@
-"""Synthetic test inputs written in code (used by every engineer's tests and benchmarks).
+"""Synthetic test inputs written in code (used by the tests and benchmarks).
 
 Owns: pyramidal tiled TIFFs that OpenSlide opens (Aperio "SVS-like" and generic-tiff), flat TIFFs,
 GeoTIFFs with a geotransform + EPSG GeoKeys (+ nodata, internal alpha, GDAL ``.msk`` sidecar),

@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Any
 
 from tilesegcli.errors import ModelNotFoundError, UsageError
 from tilesegcli.segmenter import ClassInfo
+from tilesegcli.specs import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     from tilesegcli.segmenter import Segmenter
@@ -85,9 +86,6 @@ _KNOWN_KEYS = {
     "tile_size", "overlap", "min_area", "postprocess", "weights", "backbone_weights", "licence",
     "metrics",
 }
-# Default input normalisation (ImageNet, 0..255 scale: detectron2 PIXEL_MEAN / PIXEL_STD).
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 _OVERRIDABLE = ("tile_size", "overlap", "mpp", "mpp_unit", "min_area")
 _POSTPROCESS_DEFAULTS = {"score_threshold": 0.5, "top_k": 100, "object_mask_threshold": 0.8,
                          "overlap_threshold": 0.8, "min_visible_fraction": 0.0,

@@ -6,7 +6,8 @@ checkpoints (`checkpoint_filter_fn`, `load_official_backbone`). Module and param
 official code so checkpoints load unchanged. The discrete decisions (clustering, nearest clusters,
 downsampling centres) live in `clustering.py`; the neighbourhood tensor ops in `aff_ops.py`.
 
-Semantics: ../shared/docs/AFF-REFERENCE.md section 1 and the fixture README section 5. Deviations
+Semantics: those of the official AutoFocusFormer code (its golden fixtures are the tests in
+tests/nn/test_aff_fixture.py). Deviations
 from the official code, all where the official code is undefined or broken: ties follow the fixture
 rules (stable sorts, lower index), nothing is cached between calls, offsets beyond the CLS table are
 computed exactly instead of wrapping around, and a stage that attends globally can still downsample.
@@ -351,7 +352,7 @@ AFF_CONFIGS: dict[str, dict[str, Any]] = {
     "aff_base_22kto1k": {**_BASE, **_LOCAL8, "ds_rate": 0.25},
     "aff_base_22kto1k_384": {**_BASE, **_LOCAL8, "ds_rate": 0.25, "cluster_size": 24,
                              "nbhd_cls": (144,) * 4, "nbhd_seg": (144,) * 4, "img_size": 384},
-    # The tiny model of ../shared/fixtures/aff-official (config.json "cls" / "seg").
+    # The tiny model of the official golden fixtures (their config.json "cls" / "seg").
     "aff_fixture": dict(embed_dim=(16, 32, 48, 64), depths=(1, 1, 2, 1), num_heads=(1, 2, 3, 4),
                         mlp_ratio=2.0, layer_scale=0.0, drop_path_cls=0.0, drop_path_seg=0.0,
                         cluster_size=8, nbhd_cls=(48, 48, 48, 49), nbhd_seg=(48, 48, 48, 48),

@@ -7,7 +7,7 @@ Cityscapes / COCO configs and the fixture's tiny config) and ``load_official_che
 (strict loading of detectron2 files ``{'model': ...}`` with ``backbone.`` / ``sem_seg_head.``
 prefixes, ignoring only named non-model keys).
 
-The backbone comes from ``tilesegcli.nn.aff`` (engineer A): any module whose forward maps
+The backbone comes from ``tilesegcli.nn.aff``: any module whose forward maps
 (B, 3, H, W) normalised images to a ``BackboneOutput`` works.
 
     >>> model = build_aff_m2f_preset("aff_mini", "coco_instance")   # or build_aff_m2f(...)
@@ -33,10 +33,10 @@ from tilesegcli.nn.hires import HiResMaskFeatures, masks_from_embed
 from tilesegcli.nn.m2f_decoder import MultiScaleMaskedTransformerDecoder
 from tilesegcli.nn.pixel_decoder import MSDeformAttnPixelDecoder, PixelDecoderOutput
 from tilesegcli.nn.types import BackboneOutput
+from tilesegcli.specs import IMAGENET_MEAN, IMAGENET_STD
 
 #: detectron2 PIXEL_MEAN / PIXEL_STD (RGB, 0-255 scale) used by every official SEG config.
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
+PIXEL_MEAN, PIXEL_STD = IMAGENET_MEAN, IMAGENET_STD
 
 #: Keys of official files that are not model parameters and are skipped on load.
 IGNORED_CHECKPOINT_KEYS = frozenset({"criterion.empty_weight", "pixel_mean", "pixel_std"})

@@ -27,15 +27,13 @@ import numpy as np
 
 from tilesegcli.errors import UsageError, WeightsError
 from tilesegcli.segmenter import ClassInfo, TileResult
+from tilesegcli.specs import IMAGENET_MEAN, IMAGENET_STD
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
     from tilesegcli.zoo import ModelCard
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 def _family(backbone: str) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tilesegcli.errors import UsageError
+from tilesegcli.specs import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _default_arch() -> dict[str, Any]:
@@ -59,8 +60,8 @@ class TrainConfig:
     #: start from these weights (a training checkpoint .pt, or a zoo card name/path); tensors
     #: whose name and shape match are loaded, the rest keep their fresh initialisation
     init_from: str | None = None
-    mean: list[float] = field(default_factory=lambda: [123.675, 116.28, 103.53])
-    std: list[float] = field(default_factory=lambda: [58.395, 57.12, 57.375])
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
     # loss (Mask2Former defaults; points = sampled mask points per instance)
     class_weight: float = 2.0
     mask_weight: float = 5.0

@@ -1,4 +1,4 @@
-"""The trainable network: AFF + Mask2Former (engineer A/B's modules) plus training-only parts.
+"""The trainable network: AFF + Mask2Former (``tilesegcli.nn``) plus training-only parts.
 
 Owns :class:`TrainNet`: the ``AFFMask2Former`` model exactly as a card builds it (so its
 state dict is what ships), the Mask2Former ``SetCriterion`` (Hungarian matching, deep supervision
