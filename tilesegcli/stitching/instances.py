@@ -41,6 +41,7 @@ import numpy as np
 
 from tilesegcli.stitching.overlaps import OverlapResolver
 from tilesegcli.stitching.types import StitchedObject, StitchStats
+from tilesegcli.stitching.unionfind import UnionFind
 from tilesegcli.vectorize import labels_to_geometries, make_valid_polygonal
 
 if TYPE_CHECKING:
@@ -80,19 +81,7 @@ class _SeamPool:
         self.reach = max(1, math.ceil(grid.tile_px / grid.stride_px) - 1)
         self.views: dict[int, _View] = {}
         self.by_tile: dict[int, list[int]] = {}
-        self.parent: dict[int, int] = {}
-
-    def _find(self, u: int) -> int:
-        p = self.parent
-        while p[u] != u:
-            p[u] = p[p[u]]
-            u = p[u]
-        return u
-
-    def _union(self, a: int, b: int) -> None:
-        ra, rb = self._find(a), self._find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+        self.sets = UnionFind()
 
     def add(self, spec: TileSpec, views: list[_View]) -> None:
         if not views:
@@ -108,7 +97,7 @@ class _SeamPool:
                 old.extend(self.views[u] for u in self.by_tile.get(r * self.grid.cols + c, ()))
         for v in views:
             self.views[v.uid] = v
-            self.parent[v.uid] = v.uid
+            self.sets.add(v.uid)
             self.by_tile.setdefault(v.tile, []).append(v.uid)
         if not old:
             return
@@ -135,20 +124,16 @@ class _SeamPool:
         cut_pair = np.array([views[i].cut and old[j].cut for i, j in zip(qi, ti, strict=True)], dtype=bool)
         edge_ok = ~shared & cut_pair & (shapely.length(inter) > 0)
         for k in np.nonzero(overlap_ok | edge_ok)[0]:
-            self._union(views[qi[k]].uid, old[ti[k]].uid)
+            self.sets.union(views[qi[k]].uid, old[ti[k]].uid)
 
     def pop_groups(self, y_limit: float | None) -> list[list[_View]]:
         """Remove and return groups whose every view ends above ``y_limit`` (all when None)."""
-        groups: dict[int, list[_View]] = {}
-        for uid, v in self.views.items():
-            groups.setdefault(self._find(uid), []).append(v)
-        done = [
-            g for g in groups.values() if y_limit is None or max(v.ymax for v in g) < y_limit
-        ]
+        groups = [[self.views[u] for u in g] for g in self.sets.groups().values()]
+        done = [g for g in groups if y_limit is None or max(v.ymax for v in g) < y_limit]
         for g in done:
+            self.sets.remove(v.uid for v in g)
             for v in g:
                 del self.views[v.uid]
-                del self.parent[v.uid]
                 lst = self.by_tile[v.tile]
                 lst.remove(v.uid)
                 if not lst:

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tilesegcli.stitching.types import StitchedObject, StitchStats
+from tilesegcli.stitching.unionfind import UnionFind
 from tilesegcli.vectorize import labels_to_geometries, make_valid_polygonal
 
 if TYPE_CHECKING:
@@ -153,23 +154,12 @@ class _BandMerger:
         if not new:
             yield from self.flush_all()
             return
-        parent = {rid: rid for rid in (*self.open, *new)}
-
-        def find(u: int) -> int:
-            while parent[u] != u:
-                parent[u] = parent[parent[u]]
-                u = parent[u]
-            return u
-
+        uf = UnionFind((*self.open, *new))
         if links:
             pairs = np.unique(np.concatenate(links, axis=1), axis=1)
             for a, b in pairs.T:
-                ra, rb = find(int(a)), find(int(b))
-                if ra != rb:
-                    parent[max(ra, rb)] = min(ra, rb)
-        groups: dict[int, list[int]] = {}
-        for rid in parent:
-            groups.setdefault(find(rid), []).append(rid)
+                uf.union(int(a), int(b))
+        groups = uf.groups()
         everything = {**self.open, **new}
         self.open = {}
         for root, members in groups.items():
@@ -194,7 +184,7 @@ class _BandMerger:
                 obj = self._finish(merged)
                 if obj is not None:
                     yield obj
-        self.prev_bottom = [(x0, _map_roots(ids, find), c) for x0, ids, c in bottom]
+        self.prev_bottom = [(x0, _map_roots(ids, uf.find), c) for x0, ids, c in bottom]
         self.stats.pending_peak = max(self.stats.pending_peak, len(self.open))
 
 
