@@ -36,7 +36,7 @@ class Plan:
 
 def load_model(config: RunConfig) -> Segmenter:
     """``simple`` (tiny test net), ``package.module:factory`` (your own), else a model card."""
-    from tilesegcli.runner import resolve_device
+    from tilesegcli.device import resolve_device
 
     device = resolve_device(config.device)
     name = config.model

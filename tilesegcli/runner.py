@@ -40,27 +40,6 @@ class RunStats:
     batch_sizes: list[int] = field(default_factory=list)
 
 
-def resolve_device(device: str | None) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu``; validates ``cpu`` / ``cuda[:N]``."""
-    d = (device or "auto").strip().lower()
-    if d == "auto":
-        try:
-            import torch
-
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        except ImportError:  # pragma: no cover
-            return "cpu"
-    if d == "cpu":
-        return d
-    if d == "cuda" or (d.startswith("cuda:") and d[5:].isdigit()):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available on this machine")
-        return d
-    raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
-
-
 def default_num_workers() -> int:
     try:
         n = len(os.sched_getaffinity(0))

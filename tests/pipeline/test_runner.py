@@ -7,9 +7,10 @@ import threading
 import numpy as np
 import pytest
 
+from tilesegcli.device import resolve_device
 from tilesegcli.errors import SlideReadError, TilesegError, UsageError
 from tilesegcli.nn.simple import SimpleSegmenter
-from tilesegcli.runner import resolve_device, run_tiles
+from tilesegcli.runner import run_tiles
 from tilesegcli.tiling import iter_tiles, make_grid
 
 GRID = make_grid(400, 300, 64, 8)

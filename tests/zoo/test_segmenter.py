@@ -195,7 +195,7 @@ def test_mixed_precision_path_runs_close_to_fp32(tiny):
 
 
 def test_device_selection():
-    from tilesegcli.nn.segmenter import select_device
+    from tilesegcli.device import select_device
 
     assert select_device("cpu").type == "cpu"
     assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tilesegcli.device import select_device
 from tilesegcli.errors import UsageError
 from tilesegcli.segmenter import TileResult
 
@@ -40,25 +41,6 @@ if TYPE_CHECKING:
     from tilesegcli.zoo import ModelCard
 
 log = logging.getLogger(__name__)
-
-
-def select_device(device: str | torch.device | None = "auto") -> torch.device:
-    """"auto" -> first CUDA device if available else CPU; "cpu"; "cuda" / "cuda:N" (checked)."""
-    text = str(device or "auto").strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text == "cpu":
-        return torch.device("cpu")
-    if text == "cuda" or text.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {device}: CUDA is not available on this machine "
-                             "(use --device cpu or auto)")
-        dev = torch.device(text)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
-                             "device(s) visible")
-        return dev
-    raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
 
 
 def build_model(card: ModelCard) -> nn.Module:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tilesegcli.device import resolve_device
 from tilesegcli.errors import UsageError, WeightsError
 from tilesegcli.segmenter import ClassInfo, TileResult
 from tilesegcli.specs import IMAGENET_MEAN, IMAGENET_STD
@@ -153,16 +154,6 @@ def load_backbone_weights(net: nn.Module, path: str | Path, *, family: str) -> l
                                f"model {tuple(ours[k].shape)}")
     net.load_state_dict(sd, strict=False)
     return left
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"device {device!r} requested but CUDA is not available")
-    return device
 
 
 class SemanticSegmenter:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from tilesegcli.device import select_device
 from tilesegcli.errors import UsageError, WeightsError, first_line
 from tilesegcli.train.config import TrainConfig
 
@@ -115,7 +116,7 @@ def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
     train_data, val_data = cfg.load_data()
     sampler = PatchSampler(train_data, cfg.tile, seed=cfg.seed, scale_range=tuple(cfg.scale_range),
                            stain_jitter=cfg.stain_jitter, colour_jitter=cfg.colour_jitter)
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    device = select_device(cfg.device)
     net = build_net(cfg).to(device)
     groups = net.param_groups(cfg.lr, cfg.weight_decay, cfg.backbone_lr_mult)
     opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
