@@ -139,13 +139,20 @@ def run_slide(
         res.timings["merge_s"] = time.perf_counter() - t2  # the part not overlapped
         res.counts, res.objects, res.status = counts, counts.get("instances"), "done"
     elif remaining:
-        log.info("%s: shard %d/%d finished; %d tiles left for other shards",
-                 src.name, shard_i, shard_n, remaining)
         res.status = "waiting"
+        res.waiting_for = store.pending_shards()
+        left = ", ".join(f"{i}/{shard_n}" for i in res.waiting_for)
+        res.note = (f"no output yet: shard {shard_i}/{shard_n} finished, {remaining} tile(s) left "
+                    f"in shard(s) {left}; run those shards (the last one writes {out}), or "
+                    f"`tileseg merge {store.path} -o {out}` once they are done")
+        log.warning("%s: %s", src.name, res.note)
     else:
         with store.merge_lock() as mine_to_merge:
             if not mine_to_merge:
                 res.status = "waiting"  # another shard is merging right now
+                res.note = (f"no output from this process: every tile is done and another "
+                            f"shard is writing {out} now")
+                log.warning("%s: %s", src.name, res.note)
             elif not config.overwrite and to_file and is_valid(out, out_sha):
                 res.status = "done"  # another shard merged before us
             else:

@@ -1,6 +1,7 @@
 """``tileseg predict``: parse options -> RunConfig -> pipeline.predict -> exit code.
 
-Exit status: 0 when every input succeeded (done, skipped, or this shard's part finished),
+Exit status: 0 when every input succeeded (done, skipped, or this shard's part finished:
+status "waiting", reported on stderr and in the summary as a run without its output),
 1 when any input failed, 2 for usage errors. Results (output paths) go to stdout, logs and
 progress to stderr.
 """
@@ -61,8 +62,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
                    "the transposed tile's flips).")
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where tile stores live (default: next to the output).")
-@click.option("--shard", callback=parse_shard_option, default=None,
-              help="Process shard I of N (0-based); default from SLURM_ARRAY_TASK_ID/COUNT.")
+@click.option("--shard", callback=parse_shard_option, default=None, metavar="I/N|slurm",
+              help="Process shard I of N (0-based) of every input; 'slurm' = this task of a SLURM "
+                   "job array (SLURM_ARRAY_TASK_ID/COUNT). Default: the whole input, never sharded "
+                   "implicitly.")
 @click.option("--overwrite", is_flag=True, help="Rewrite outputs that already exist.")
 @output_options()
 @click.option("--summary", type=click.Path(path_type=Path, allow_dash=True), default=None,
@@ -72,7 +75,7 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
             input_list: str | None, model: str, weights: str | None, mpp: float | None,
             backend: str, roi: Path | None, no_mask: bool, tile_size: int | None,
             overlap: int | None, batch_size: int, num_workers: int | None, device: str,
-            flips: str | None, workdir: Path | None, shard: str | None, overwrite: bool, fmt: str | None,
+            flips: str | None, workdir: Path | None, shard: tuple[int, int], overwrite: bool, fmt: str | None,
             labels: Path | None, min_area: float | None, simplify: float | None,
             summary: Path | None, quiet: bool, log_level: str | None) -> None:
     """Segment slides/GeoTIFFs and write polygons (QuPath/QGIS GeoJSON).
@@ -81,12 +84,12 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
     $ tileseg predict slide.svs -o slide.geojson
     $ tileseg predict *.svs --outdir out/ --summary run.json
     $ ls *.ndpi | tileseg predict --inputs - --outdir out/ --device cuda
-    $ tileseg predict big.svs -o big.geojson --shard 0/4   # in each of 4 jobs
+    $ tileseg predict big.svs -o big.geojson --shard 0/4   # ... 3/4 in the other jobs
+    $ tileseg predict big.svs -o big.geojson --shard slurm # in each task of sbatch --array
     """
     from tilesegcli import pipeline
     from tilesegcli.errors import UsageError
     from tilesegcli.runner import default_num_workers
-    from tilesegcli.store import parse_shard
 
     setup_logging(log_level, quiet)
     _log_header()
@@ -101,7 +104,7 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
         weights=weights, mpp=mpp, backend=backend, roi=roi, no_mask=no_mask,
         tile_size=tile_size, overlap=overlap, batch_size=batch_size,
         num_workers=default_num_workers() if num_workers is None else num_workers,
-        device=device, flips=None if flips is None else int(flips), workdir=workdir, shard=parse_shard(shard), overwrite=overwrite,
+        device=device, flips=None if flips is None else int(flips), workdir=workdir, shard=shard, overwrite=overwrite,
         format=fmt, labels=labels, min_area=min_area, simplify=simplify, quiet=quiet,
         command_line=["tileseg", *sys.argv[1:]],
     )
@@ -140,8 +143,11 @@ def _write_summary(path: Path, results: list) -> None:
 
     data = {
         "ok": all(r.ok for r in results),
+        # ok but not complete: some input ended without its output (shards still to run)
+        "complete": all(r.status in ("done", "skipped") for r in results),
         "counts": {s: sum(r.status == s for r in results)
                    for s in ("done", "skipped", "waiting", "failed")},
+        "waiting": [f"{r.input}: {r.note}" for r in results if r.status == "waiting"],
         "slides": [jsonable(r) for r in results],
     }
     if str(path) == "-":
