@@ -87,6 +87,7 @@ class RunConfig:
     min_area: float | None = None
     simplify: float | None = None
     quiet: bool = True
+    progress_every_s: float = 30.0  # log-line progress interval when stderr is not a terminal
     stream_merge: bool = True  # stitch while tiles are computed (single-shard runs)
     command_line: list[str] | None = None
 

@@ -217,8 +217,9 @@ def predict(
 
 def _infer(reader: Any, plan: Plan, segmenter: Segmenter, store: TileStore, todo: list[int],
            config: RunConfig, desc: str, on_written: Any = None) -> Any:
+    from tilesegcli.progress import progress_mode
     from tilesegcli.resolution import read_work_region
-    from tilesegcli.runner import run_tiles, show_progress
+    from tilesegcli.runner import run_tiles
 
     grid = plan.grid
 
@@ -232,5 +233,5 @@ def _infer(reader: Any, plan: Plan, segmenter: Segmenter, store: TileStore, todo
 
     tiles = [store.tile(i) for i in todo]
     return run_tiles(segmenter, tiles, read, write, batch_size=config.batch_size,
-                     num_workers=config.num_workers, progress=show_progress(config.quiet),
-                     desc=desc)
+                     num_workers=config.num_workers, progress=progress_mode(config.quiet),
+                     desc=desc, progress_every_s=config.progress_every_s)

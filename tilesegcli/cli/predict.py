@@ -70,6 +70,10 @@ def _on_sigterm(signum: int, frame: object) -> None:
 @output_options()
 @click.option("--summary", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Write a JSON run summary here ('-' = stdout).")
+@click.option("--progress-every", "progress_every", type=click.FloatRange(min=0), default=30.0,
+              show_default=True, envvar="TILESEG_PROGRESS_EVERY", metavar="SECONDS",
+              help="When stderr is not a terminal: a progress line (tiles done/total, tiles/s, "
+                   "ETA) this often and at every 10% (env TILESEG_PROGRESS_EVERY).")
 @logging_options()
 def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
             input_list: str | None, model: str, weights: str | None, mpp: float | None,
@@ -77,7 +81,8 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
             overlap: int | None, batch_size: int, num_workers: int | None, device: str,
             flips: str | None, workdir: Path | None, shard: tuple[int, int], overwrite: bool, fmt: str | None,
             labels: Path | None, min_area: float | None, simplify: float | None,
-            summary: Path | None, quiet: bool, log_level: str | None) -> None:
+            summary: Path | None, progress_every: float, quiet: bool,
+            log_level: str | None) -> None:
     """Segment slides/GeoTIFFs and write polygons (QuPath/QGIS GeoJSON).
 
     \b
@@ -106,6 +111,7 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
         num_workers=default_num_workers() if num_workers is None else num_workers,
         device=device, flips=None if flips is None else int(flips), workdir=workdir, shard=shard, overwrite=overwrite,
         format=fmt, labels=labels, min_area=min_area, simplify=simplify, quiet=quiet,
+        progress_every_s=progress_every,
         command_line=["tileseg", *sys.argv[1:]],
     )
     old = signal.signal(signal.SIGTERM, _on_sigterm)
@@ -113,6 +119,7 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
         results = pipeline.predict(paths, model=model, output=output, outdir=outdir, **options)
     finally:
         signal.signal(signal.SIGTERM, old)
+    _log_results(results)
     if str(output) != "-" and str(summary) != "-":  # stdout carries one kind of result
         for r in results:
             if r.status in ("done", "skipped") and r.output:
@@ -122,6 +129,16 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
     failed = [r for r in results if r.status == "failed"]
     if failed:
         raise SystemExit(1)
+
+
+def _log_results(results: list) -> None:
+    import logging
+
+    from tilesegcli.progress import result_line
+
+    log = logging.getLogger("tileseg")
+    for r in results:
+        log.info("%s", result_line(r))
 
 
 def _log_header() -> None:
