@@ -40,6 +40,11 @@ def load_model(config: RunConfig) -> Segmenter:
 
     device = resolve_device(config.device)
     name = config.model
+    w = config.weights
+    if w is not None and "://" not in w and not Path(w).expanduser().is_file():
+        raise UsageError(f"--weights {w}: no such file")
+    if w is not None and name == "simple":
+        raise UsageError("--weights does not apply to --model simple (it has no weights)")
     if name == "simple" or (":" in name and not Path(name).exists()):
         if config.flips is not None:
             raise UsageError(f"--flips applies to model cards, not to --model {name}")

@@ -11,7 +11,7 @@ import sys
 from tilesegcli.config import SlideResult
 from tilesegcli.progress import LineProgress, format_duration, result_line
 
-LINE = re.compile(r"^tileseg: INFO: (\S+): (\d+)/(\d+) tiles \((\d+)%\), ([\d.]+) tiles/s, "
+LINE = re.compile(r"^tileseg: info: (\S+): (\d+)/(\d+) tiles \((\d+)%\), ([\d.]+) tiles/s, "
                   r"\S+ elapsed, (ETA \S+|done)$")
 
 

@@ -50,12 +50,21 @@ def logging_options() -> Callable[[F], F]:
     )
 
 
+class _LowerLevelFormatter(logging.Formatter):
+    """``tileseg: error: ...``, ``tileseg: warning: ...``: the same style as main()'s errors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
 def setup_logging(level: str | None, quiet: bool) -> None:
     name = level or ("warning" if quiet else "info")
     logger = logging.getLogger("tileseg")
     logger.handlers.clear()
     h = logging.StreamHandler(sys.stderr)
-    h.setFormatter(logging.Formatter("tileseg: %(levelname)s: %(message)s"))
+    h.setFormatter(_LowerLevelFormatter("tileseg: %(levelname)s: %(message)s"))
     logger.addHandler(h)
     logger.setLevel(getattr(logging, name.upper()))
     logger.propagate = False

@@ -29,7 +29,36 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-@click.command("predict")
+def _summary_arg(args: list[str]) -> str | None:
+    """The ``--summary`` value in raw arguments (for a summary of a run whose options click
+    could not parse)."""
+    for k, a in enumerate(args):
+        if a == "--":
+            break
+        if a == "--summary" and k + 1 < len(args):
+            return args[k + 1]
+        if a.startswith("--summary="):
+            return a.split("=", 1)[1]
+    return None
+
+
+class _PredictCommand(click.Command):
+    """``--summary`` is written even when the options themselves are wrong (exit 2)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        raw = list(args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.ClickException as e:
+            path = _summary_arg(raw)
+            if path:
+                from tilesegcli.cli.main import click_error_line
+
+                _write_failure_summary(Path(path), click_error_line(e), e.exit_code)
+            raise
+
+
+@click.command("predict", cls=_PredictCommand)
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Output file for a single input ('-' = stdout).")
@@ -92,12 +121,42 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
     $ tileseg predict big.svs -o big.geojson --shard 0/4   # ... 3/4 in the other jobs
     $ tileseg predict big.svs -o big.geojson --shard slurm # in each task of sbatch --array
     """
+    from tilesegcli.cli.main import click_error_line
+    from tilesegcli.errors import TilesegError
+
+    setup_logging(log_level, quiet)
+    _log_header()
+    try:
+        results = _run(**click.get_current_context().params)
+    except (TilesegError, click.ClickException) as e:  # before any input ran: usage, model
+        if summary is not None:
+            msg = click_error_line(e) if isinstance(e, click.ClickException) else str(e)
+            _write_failure_summary(summary, msg, e.exit_code)
+        raise
+    _log_results(results)
+    if str(output) != "-" and str(summary) != "-":  # stdout carries one kind of result
+        for r in results:
+            if r.status in ("done", "skipped") and r.output:
+                click.echo(r.output)
+    failed = [r for r in results if r.status == "failed"]
+    if summary is not None:
+        _write_summary(summary, results, exit_code=1 if failed else 0)
+    if failed:
+        raise SystemExit(1)
+
+
+def _run(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
+         input_list: str | None, model: str, weights: str | None, mpp: float | None,
+         backend: str, roi: Path | None, no_mask: bool, tile_size: int | None,
+         overlap: int | None, batch_size: int, num_workers: int | None, device: str,
+         flips: str | None, workdir: Path | None, shard: tuple[int, int], overwrite: bool,
+         fmt: str | None, labels: Path | None, min_area: float | None, simplify: float | None,
+         summary: Path | None, progress_every: float, quiet: bool, log_level: str | None
+         ) -> list:
     from tilesegcli import pipeline
     from tilesegcli.errors import UsageError
     from tilesegcli.runner import default_num_workers
 
-    setup_logging(log_level, quiet)
-    _log_header()
     paths = [Path(p) for p in inputs]
     if input_list is not None:
         paths += [Path(p) for p in read_input_list(input_list)]
@@ -116,19 +175,9 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
     )
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        results = pipeline.predict(paths, model=model, output=output, outdir=outdir, **options)
+        return pipeline.predict(paths, model=model, output=output, outdir=outdir, **options)
     finally:
         signal.signal(signal.SIGTERM, old)
-    _log_results(results)
-    if str(output) != "-" and str(summary) != "-":  # stdout carries one kind of result
-        for r in results:
-            if r.status in ("done", "skipped") and r.output:
-                click.echo(r.output)
-    if summary is not None:
-        _write_summary(summary, results)
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        raise SystemExit(1)
 
 
 def _log_results(results: list) -> None:
@@ -155,19 +204,42 @@ def _log_header() -> None:
         f" (SLURM job {job}{'_' + task if task else ''})" if job else "")
 
 
-def _write_summary(path: Path, results: list) -> None:
-    from tilesegcli.provenance import jsonable, write_json
+_STATUSES = ("done", "skipped", "waiting", "failed")
+
+
+def _write_failure_summary(path: Path, message: str, exit_code: int) -> None:
+    """The summary of a run that stopped before any input ran (bad options, unknown model)."""
+    import logging
+
+    data = {"ok": False, "complete": False, "exit_code": exit_code, "error": message,
+            "counts": dict.fromkeys(_STATUSES, 0), "waiting": [], "slides": []}
+    try:
+        _emit_summary(path, data)
+    except OSError as e:  # the run's own error is the one to report
+        logging.getLogger("tileseg").warning("cannot write the summary %s: %s", path,
+                                             e.strerror or e)
+
+
+def _emit_summary(path: Path, data: dict) -> None:
+    from tilesegcli.provenance import write_json
+
+    if str(path) == "-":
+        click.echo(json.dumps(data, indent=2))
+    else:
+        write_json(path, data)
+
+
+def _write_summary(path: Path, results: list, exit_code: int) -> None:
+    from tilesegcli.provenance import jsonable
 
     data = {
         "ok": all(r.ok for r in results),
         # ok but not complete: some input ended without its output (shards still to run)
         "complete": all(r.status in ("done", "skipped") for r in results),
-        "counts": {s: sum(r.status == s for r in results)
-                   for s in ("done", "skipped", "waiting", "failed")},
+        "exit_code": exit_code,
+        "error": None,
+        "counts": {s: sum(r.status == s for r in results) for s in _STATUSES},
         "waiting": [f"{r.input}: {r.note}" for r in results if r.status == "waiting"],
         "slides": [jsonable(r) for r in results],
     }
-    if str(path) == "-":
-        click.echo(json.dumps(data, indent=2))
-    else:
-        write_json(path, data)
+    _emit_summary(path, data)
