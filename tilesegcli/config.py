@@ -82,6 +82,7 @@ class RunConfig:
     workdir: Path | None = None
     shard: tuple[int, int] = (0, 1)
     overwrite: bool = False
+    force: bool = False  # run a natural-image model on a microscopy image anyway
     format: str | None = None
     labels: Path | None = None
     min_area: float | None = None

@@ -52,6 +52,7 @@ from tilesegcli.outputs import (
 )
 from tilesegcli.plan import (
     Plan,
+    check_domains_before_loading,
     class_dicts,
     fingerprint,
     load_model,
@@ -195,6 +196,7 @@ def predict(
                        outdir=Path(outdir) if outdir is not None else None, **options)
     validate_batch(paths, config)
     if segmenter is None and paths:
+        check_domains_before_loading(paths, config)  # before any weights are downloaded
         segmenter = load_model(config)
     results: list[SlideResult] = []
     for p in paths:

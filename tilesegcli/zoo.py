@@ -467,6 +467,42 @@ def write_card(card: ModelCard | Mapping[str, Any], path: str | os.PathLike) -> 
     return path
 
 
+# ------------------------------------------------------------------------ what a card is for
+
+# Shared class sets of natural-image cards -> the images those models were trained on.
+_CLASS_SET_DOMAINS = {
+    "cityscapes": "street scenes (Cityscapes)",
+    "cityscapes-thing": "street scenes (Cityscapes)",
+    "coco": "everyday photos (COCO)",
+    "ade20k": "indoor/outdoor scenes (ADE20K)",
+}
+
+
+def card_domain(card: ModelCard) -> str:
+    """The kind of images a card's model was made for, from its class set and pixel size."""
+    classes = card.raw.get("classes")
+    if isinstance(classes, str) and classes in _CLASS_SET_DOMAINS:
+        return _CLASS_SET_DOMAINS[classes]
+    if card.mpp_nominal or card.mpp is None:
+        return "natural images (no physical pixel size)"
+    if card.mpp_unit == "m":
+        return f"aerial/satellite imagery ({card.mpp:g} m/px)"
+    return f"microscopy ({card.mpp:g} um/px)"
+
+
+def licence_summary(text: str) -> str:
+    """A few words for a table column; the card's full ``licence`` text is authoritative."""
+    low = text.lower()
+    words = []
+    if "apple sample code" in low:
+        words.append("Apple sample code")
+    elif "apache-2.0" in low:
+        words.append("Apache-2.0 code")
+    if "non-commercial" in low:
+        words.append("non-commercial")
+    return ", ".join(words) or (text if len(text) <= 28 else text[:27] + "…")
+
+
 # ---------------------------------------------------------------------------------- factory
 
 # architecture["head"] -> "module:attr" of a class with from_card(card, weights=, device=).

@@ -96,6 +96,9 @@ class _PredictCommand(click.Command):
                    "job array (SLURM_ARRAY_TASK_ID/COUNT). Default: the whole input, never sharded "
                    "implicitly.")
 @click.option("--overwrite", is_flag=True, help="Rewrite outputs that already exist.")
+@click.option("--force", is_flag=True,
+              help="Run a natural-image model (street scenes, photos: no physical pixel size) "
+                   "on a microscopy slide anyway; refused without it.")
 @output_options()
 @click.option("--summary", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Write a JSON run summary here ('-' = stdout).")
@@ -108,7 +111,7 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
             input_list: str | None, model: str, weights: str | None, mpp: float | None,
             backend: str, roi: Path | None, no_mask: bool, tile_size: int | None,
             overlap: int | None, batch_size: int, num_workers: int | None, device: str,
-            flips: str | None, workdir: Path | None, shard: tuple[int, int], overwrite: bool, fmt: str | None,
+            flips: str | None, workdir: Path | None, shard: tuple[int, int], overwrite: bool, force: bool, fmt: str | None,
             labels: Path | None, min_area: float | None, simplify: float | None,
             summary: Path | None, progress_every: float, quiet: bool,
             log_level: str | None) -> None:
@@ -150,6 +153,7 @@ def _run(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
          backend: str, roi: Path | None, no_mask: bool, tile_size: int | None,
          overlap: int | None, batch_size: int, num_workers: int | None, device: str,
          flips: str | None, workdir: Path | None, shard: tuple[int, int], overwrite: bool,
+         force: bool,
          fmt: str | None, labels: Path | None, min_area: float | None, simplify: float | None,
          summary: Path | None, progress_every: float, quiet: bool, log_level: str | None
          ) -> list:
@@ -168,7 +172,7 @@ def _run(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
         weights=weights, mpp=mpp, backend=backend, roi=roi, no_mask=no_mask,
         tile_size=tile_size, overlap=overlap, batch_size=batch_size,
         num_workers=default_num_workers() if num_workers is None else num_workers,
-        device=device, flips=None if flips is None else int(flips), workdir=workdir, shard=shard, overwrite=overwrite,
+        device=device, flips=None if flips is None else int(flips), workdir=workdir, shard=shard, overwrite=overwrite, force=force,
         format=fmt, labels=labels, min_area=min_area, simplify=simplify, quiet=quiet,
         progress_every_s=progress_every,
         command_line=["tileseg", *sys.argv[1:]],
