@@ -4,11 +4,61 @@ pipeline, the merge step and the summary writer all share these."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from tilesegcli.errors import UsageError
+
 FORMATS = ("geojson", "geojson.gz", "geojsonseq", "qupath")
+
+_SLURM_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")
+
+
+def parse_shard(text: str | None, env: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """The one parser of ``--shard``: ``None`` -> (0, 1) (the whole input, whatever the
+    environment), ``"I/N"`` -> (I, N) 0-based, ``"slurm"`` -> this task's place in its SLURM
+    job array. Raises UsageError (exit 2) for anything else.
+
+    ``slurm`` maps ``SLURM_ARRAY_TASK_ID`` to ``(ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP``
+    (MIN 0 and STEP 1 when unset) out of ``SLURM_ARRAY_TASK_COUNT`` tasks, so ``--array=1-8`` and
+    ``--array=0-14:2`` both give shards 0..7 of 8. Arrays whose indices are not one evenly spaced
+    range (``--array=1,4,9``) cannot be mapped and are refused.
+    """
+    if text is None:
+        return 0, 1
+    text = text.strip()
+    if text.lower() == "slurm":
+        return _slurm_shard(os.environ if env is None else env)
+    parts = text.split("/")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise UsageError(f"--shard must be I/N (e.g. 0/4) or 'slurm', got {text!r}")
+    i, n = int(parts[0]), int(parts[1])
+    if n < 1 or i >= n:
+        raise UsageError(f"--shard I/N needs 0 <= I < N, got {text}")
+    return i, n
+
+
+def _slurm_shard(env: Mapping[str, str]) -> tuple[int, int]:
+    missing = [k for k in _SLURM_VARS if not env.get(k, "").strip()]
+    if missing:
+        raise UsageError(f"--shard slurm: {' and '.join(missing)} not set; this is not a task of "
+                         "a SLURM job array (sbatch --array=...); use --shard I/N instead")
+    try:
+        task = int(env["SLURM_ARRAY_TASK_ID"])
+        count = int(env["SLURM_ARRAY_TASK_COUNT"])
+        low = int(env.get("SLURM_ARRAY_TASK_MIN", "").strip() or 0)
+        step = int(env.get("SLURM_ARRAY_TASK_STEP", "").strip() or 1)
+    except ValueError:
+        raise UsageError("--shard slurm: SLURM_ARRAY_TASK_ID/COUNT/MIN/STEP are not "
+                         "integers") from None
+    offset = task - low
+    if count < 1 or step < 1 or offset < 0 or offset % step or offset // step >= count:
+        raise UsageError(f"--shard slurm: task {task} of an array with {count} task(s), min "
+                         f"{low}, step {step} is not one evenly spaced range; use --shard I/N")
+    return offset // step, count
 
 
 @dataclass
@@ -32,11 +82,13 @@ class RunConfig:
     workdir: Path | None = None
     shard: tuple[int, int] = (0, 1)
     overwrite: bool = False
+    force: bool = False  # run a natural-image model on a microscopy image anyway
     format: str | None = None
     labels: Path | None = None
     min_area: float | None = None
     simplify: float | None = None
     quiet: bool = True
+    progress_every_s: float = 30.0  # log-line progress interval when stderr is not a terminal
     stream_merge: bool = True  # stitch while tiles are computed (single-shard runs)
     command_line: list[str] | None = None
 
@@ -67,6 +119,8 @@ class SlideResult:
     tiles_computed: int = 0
     tiles_done: int = 0
     objects: int | None = None
+    waiting_for: list[int] = field(default_factory=list)  # shards with tiles left (status waiting)
+    note: str | None = None  # why a run that is not failed ended without its output
     counts: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 

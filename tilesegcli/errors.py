@@ -36,7 +36,9 @@ class WeightsError(TilesegError):
 
 
 class ModelNotFoundError(TilesegError):
-    """No model card of that name or path."""
+    """No model card of that name or path (a usage error: exit code 2)."""
+
+    exit_code = 2
 
 
 class OutputError(TilesegError, OSError):

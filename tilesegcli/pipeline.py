@@ -52,6 +52,7 @@ from tilesegcli.outputs import (
 )
 from tilesegcli.plan import (
     Plan,
+    check_domains_before_loading,
     class_dicts,
     fingerprint,
     load_model,
@@ -139,13 +140,20 @@ def run_slide(
         res.timings["merge_s"] = time.perf_counter() - t2  # the part not overlapped
         res.counts, res.objects, res.status = counts, counts.get("instances"), "done"
     elif remaining:
-        log.info("%s: shard %d/%d finished; %d tiles left for other shards",
-                 src.name, shard_i, shard_n, remaining)
         res.status = "waiting"
+        res.waiting_for = store.pending_shards()
+        left = ", ".join(f"{i}/{shard_n}" for i in res.waiting_for)
+        res.note = (f"no output yet: shard {shard_i}/{shard_n} finished, {remaining} tile(s) left "
+                    f"in shard(s) {left}; run those shards (the last one writes {out}), or "
+                    f"`tileseg merge {store.path} -o {out}` once they are done")
+        log.warning("%s: %s", src.name, res.note)
     else:
         with store.merge_lock() as mine_to_merge:
             if not mine_to_merge:
                 res.status = "waiting"  # another shard is merging right now
+                res.note = (f"no output from this process: every tile is done and another "
+                            f"shard is writing {out} now")
+                log.warning("%s: %s", src.name, res.note)
             elif not config.overwrite and to_file and is_valid(out, out_sha):
                 res.status = "done"  # another shard merged before us
             else:
@@ -188,6 +196,7 @@ def predict(
                        outdir=Path(outdir) if outdir is not None else None, **options)
     validate_batch(paths, config)
     if segmenter is None and paths:
+        check_domains_before_loading(paths, config)  # before any weights are downloaded
         segmenter = load_model(config)
     results: list[SlideResult] = []
     for p in paths:
@@ -210,8 +219,9 @@ def predict(
 
 def _infer(reader: Any, plan: Plan, segmenter: Segmenter, store: TileStore, todo: list[int],
            config: RunConfig, desc: str, on_written: Any = None) -> Any:
+    from tilesegcli.progress import progress_mode
     from tilesegcli.resolution import read_work_region
-    from tilesegcli.runner import run_tiles, show_progress
+    from tilesegcli.runner import run_tiles
 
     grid = plan.grid
 
@@ -225,5 +235,5 @@ def _infer(reader: Any, plan: Plan, segmenter: Segmenter, store: TileStore, todo
 
     tiles = [store.tile(i) for i in todo]
     return run_tiles(segmenter, tiles, read, write, batch_size=config.batch_size,
-                     num_workers=config.num_workers, progress=show_progress(config.quiet),
-                     desc=desc)
+                     num_workers=config.num_workers, progress=progress_mode(config.quiet),
+                     desc=desc, progress_every_s=config.progress_every_s)

@@ -5,7 +5,9 @@ touch foreground, and the run fingerprint that makes a tile store refuse another
 Resolution rules: a segmenter with a physical pixel size runs at that size, and its unit must
 match the input's (a µm/px model on an m/px GeoTIFF is a one-line UsageError). A segmenter with
 no pixel size (``mpp=None``) or a *nominal* one (natural-image models: ``mpp_nominal`` on the
-segmenter or its model card) runs on the input's own level-0 pixels, in any unit.
+segmenter or its model card) runs on the input's own level-0 pixels, in any unit; on a
+microscopy image (a µm/px pixel size) it is refused unless ``--force`` (a street-scene model
+finds no nuclei).
 """
 
 from __future__ import annotations
@@ -40,6 +42,11 @@ def load_model(config: RunConfig) -> Segmenter:
 
     device = resolve_device(config.device)
     name = config.model
+    w = config.weights
+    if w is not None and "://" not in w and not Path(w).expanduser().is_file():
+        raise UsageError(f"--weights {w}: no such file")
+    if w is not None and name == "simple":
+        raise UsageError("--weights does not apply to --model simple (it has no weights)")
     if name == "simple" or (":" in name and not Path(name).exists()):
         if config.flips is not None:
             raise UsageError(f"--flips applies to model cards, not to --model {name}")
@@ -72,6 +79,53 @@ def mpp_is_nominal(segmenter: Segmenter) -> bool:
     return bool(getattr(segmenter, "mpp_nominal", False) or getattr(card, "mpp_nominal", False))
 
 
+def _check_domain(info: Any, mpp0: float | None, model: str, card: Any, force: bool) -> None:
+    """A natural-image model (nominal pixel size: street scenes, photos) on a microscopy image
+    (a physical µm/px pixel size) gives meaningless objects: refused unless ``force``."""
+    if mpp0 is None or info.mpp_unit != "um":
+        return  # a plain photo, or a GeoTIFF: what natural-image cards are used on
+    if card is not None and hasattr(card, "raw"):
+        from tilesegcli.zoo import card_domain
+
+        domain = card_domain(card)
+    else:
+        domain = "natural images"
+    name = Path(info.path).name
+    what = (f"model {model} was trained on {domain} and has no physical pixel size, "
+            f"but {name} is a microscopy image ({mpp0:g} um/px)")
+    if not force:
+        raise UsageError(f"{what}: its objects would be meaningless; use a microscopy model "
+                         "(e.g. aff-nuclei) or pass --force to run it anyway")
+    log.warning("%s: %s; running anyway (--force) on level-0 pixels", name, what)
+
+
+def check_domains_before_loading(paths: list[Path], config: RunConfig) -> None:
+    """The domain refusal of ``_check_domain`` for a model card, before its weights are loaded
+    (or downloaded): only the card and each input's header are read. Inputs that do not open
+    are left to their own run, which reports them."""
+    name = config.model
+    if config.force or name == "simple" or (":" in name and not Path(name).exists()):
+        return
+    from tilesegcli.errors import TilesegError
+    from tilesegcli.zoo import load_card
+
+    card = load_card(name)
+    if not card.mpp_nominal or card.mpp is None:
+        return
+
+    for p in paths:
+        try:
+            reader = open_input(p, config.backend)
+        except (TilesegError, OSError):
+            continue
+        try:
+            info = reader.info
+        finally:
+            reader.close()
+        _check_domain(info, config.mpp if config.mpp is not None else info.mpp, card.name, card,
+                      force=False)
+
+
 def plan_slide(reader: Any, segmenter: Segmenter, config: RunConfig) -> Plan:
     from tilesegcli.foreground import foreground_mask, load_roi
     from tilesegcli.resolution import choose_level, effective_mpp, work_size
@@ -83,6 +137,8 @@ def plan_slide(reader: Any, segmenter: Segmenter, config: RunConfig) -> Plan:
         level, ds, scale = 0, 1.0, 1.0
         mpp0 = config.mpp if config.mpp is not None else info.mpp
         if segmenter.mpp is not None:
+            _check_domain(info, mpp0, segmenter.name, getattr(segmenter, "card", None),
+                          config.force)
             log.info("%s: model %s has a nominal pixel size (natural-image model): running on "
                      "the input's level-0 pixels", Path(info.path).name, segmenter.name)
     else:

@@ -8,7 +8,8 @@
 Reading/decoding (OpenSlide, tifffile, JPEG) and zarr encoding release the GIL, as does torch's
 forward, so the three stages run concurrently on separate cores. Queues are bounded, so memory
 stays at a few batches whatever the slide size. Only the main thread calls the model.
-It also resolves ``--device`` and decides when to show a progress bar.
+It also resolves ``--device``. Progress: a tqdm bar on a terminal, log lines elsewhere
+(tilesegcli.progress).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -48,10 +50,6 @@ def default_num_workers() -> int:
     return max(1, min(4, n))
 
 
-def show_progress(quiet: bool) -> bool:
-    return not quiet and sys.stderr.isatty() and not os.environ.get("NO_COLOR")
-
-
 def run_tiles(
     segmenter: Segmenter,
     tiles: Sequence[TileSpec],
@@ -60,10 +58,14 @@ def run_tiles(
     *,
     batch_size: int = 8,
     num_workers: int = 2,
-    progress: bool = False,
+    progress: str | None = None,
     desc: str = "",
+    progress_every_s: float = 30.0,
 ) -> RunStats:
     """Run ``segmenter`` over ``tiles`` (in order) and hand each result to ``write_tile``.
+
+    ``progress``: None, ``"bar"`` (tqdm) or ``"lines"`` (a log line every ``progress_every_s``
+    seconds and every tenth of the tiles; see tilesegcli.progress.progress_mode).
 
     Raises whatever a stage raised (the first error wins); results already handed to the writer
     are written before returning or raising, so an interrupted run loses at most the batch in
@@ -85,11 +87,15 @@ def run_tiles(
     # over only once the writer has stored the previous one, so a kill -9 loses <= 1 batch.
     slot = threading.Semaphore(1)
 
-    bar = None
-    if progress:
+    bar: Any = None
+    if progress == "bar":
         from tqdm import tqdm
 
         bar = tqdm(total=len(tiles), desc=desc, unit="tile", file=sys.stderr, leave=False)
+    elif progress == "lines":
+        from tilesegcli.progress import LineProgress
+
+        bar = LineProgress(len(tiles), desc, every_s=progress_every_s)
 
     def put(q: queue.Queue, item: object) -> bool:
         while not stop.is_set():

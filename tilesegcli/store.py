@@ -63,29 +63,6 @@ def default_store_path(output: Path | None, input_path: Path, workdir: Path | No
     return parent / f"{base}.tiles.zarr"
 
 
-def parse_shard(text: str | None, env: dict[str, str] | None = None) -> tuple[int, int]:
-    """``"I/N"`` -> (I, N), 0-based. Without text, from SLURM_ARRAY_TASK_ID/COUNT (minus
-    SLURM_ARRAY_TASK_MIN, since arrays often start at 1); else (0, 1)."""
-    env = dict(os.environ) if env is None else env
-    if text:
-        try:
-            i_s, n_s = text.split("/")
-            i, n = int(i_s), int(n_s)
-        except ValueError:
-            raise StoreError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
-    elif env.get("SLURM_ARRAY_TASK_ID") and env.get("SLURM_ARRAY_TASK_COUNT"):
-        try:
-            i = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0") or 0)
-            n = int(env["SLURM_ARRAY_TASK_COUNT"])
-        except ValueError:
-            raise StoreError("SLURM_ARRAY_TASK_ID/COUNT are not integers") from None
-    else:
-        return 0, 1
-    if n < 1 or not 0 <= i < n:
-        raise StoreError(f"shard index must satisfy 0 <= I < N, got {i}/{n}")
-    return i, n
-
-
 def grid_to_dict(grid: GridSpec) -> dict[str, Any]:
     return asdict(grid)
 
@@ -279,6 +256,12 @@ class TileStore:
     def pending(self, indices: Sequence[int]) -> list[int]:
         done = self.done_mask().ravel()
         return [i for i in indices if not done[i]]
+
+    def pending_shards(self) -> list[int]:
+        """Shard indices (of this store's ``num_shards``) that still have unfinished tiles."""
+        left = set(np.flatnonzero((self.selected & ~self.done_mask()).ravel()).tolist())
+        n = self.num_shards
+        return [i for i in range(n) if any(t in left for t in self.shard_tiles(i, n))]
 
     def remaining(self) -> int:
         return int((self.selected & ~self.done_mask()).sum())

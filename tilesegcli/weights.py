@@ -116,6 +116,22 @@ def resolve_weights(card: ModelCard, weights: str | os.PathLike | None = None, *
                                download=download)
 
 
+def weights_status(card: ModelCard, which: str = "weights") -> tuple[str, Path | None]:
+    """Where a card's weights are now, without downloading or hashing anything:
+    ("bundled", file next to the card) | ("bundled-missing", expected file) |
+    ("cached", cache file) | ("downloadable", cache file it would go to) | ("none", None)."""
+    spec: WeightsSpec | None = getattr(card, which)
+    if spec is None:
+        return "none", None
+    if spec.bundled:
+        p = Path(card.base_dir or ".") / (spec.filename or "")
+        return ("bundled" if p.is_file() else "bundled-missing"), p
+    dest = weights_dir() / (spec.filename or "weights.pth")
+    if dest.is_file():
+        return "cached", dest
+    return ("downloadable", dest) if spec.url else ("none", None)
+
+
 def _check_sha(path: Path, sha256: str | None, size: int | None) -> None:
     if size is not None and path.stat().st_size != size:
         raise WeightsError(f"{path} has {path.stat().st_size} bytes, expected {size}: "

@@ -1,8 +1,8 @@
 """The model zoo: model cards (what a named model is, how to feed it, where its weights are) and
 ``load_segmenter``, the one call that turns a card name or path into a ready ``Segmenter``.
 
-Cards are static JSON data in the ``models`` package (read with importlib.resources; nothing heavy
-is imported here). Users' own models (e.g. written by ``tileseg train``) use the same format and are
+Cards are static JSON data in the ``tilesegcli.models`` package (read with importlib.resources;
+nothing heavy is imported here; inside tilesegcli, so no folder named ``models`` can shadow it). Users' own models (e.g. written by ``tileseg train``) use the same format and are
 loaded by path: ``load_card("runs/nuclei/card.json")`` or ``--model runs/nuclei/``.
 
 Card format (JSON object, ``"format": 1``)::
@@ -17,7 +17,7 @@ Card format (JSON object, ``"format": 1``)::
     task              "semantic" | "instance" | "panoptic"
     architecture      {"backbone": "aff_mini", "backbone_kwargs": {...},
                        "head": "mask2former", "head_kwargs": {"num_classes": K, ...}}
-    classes           name of a shared class set in models/_classes.json ("ade20k", "coco",
+    classes           name of a shared class set in tilesegcli/models/_classes.json ("ade20k", "coco",
                       "cityscapes", "cityscapes-thing") or a list of {"name", "color": [r,g,b],
                       "thing": bool (optional)} or of plain names (colours then generated)
     background        "implicit": the list holds the K model classes and tileseg prepends
@@ -194,12 +194,12 @@ class ModelCard:
 
 
 def _models_dir() -> Path:
-    return Path(str(resources.files("models")))
+    return Path(str(resources.files("tilesegcli.models")))
 
 
 @lru_cache(maxsize=1)
 def _class_sets() -> dict[str, list]:
-    return json.loads(resources.files("models").joinpath("_classes.json").read_text("utf-8"))
+    return json.loads(resources.files("tilesegcli.models").joinpath("_classes.json").read_text("utf-8"))
 
 
 def card_names() -> list[str]:
@@ -466,6 +466,42 @@ def write_card(card: ModelCard | Mapping[str, Any], path: str | os.PathLike) -> 
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+# ------------------------------------------------------------------------ what a card is for
+
+# Shared class sets of natural-image cards -> the images those models were trained on.
+_CLASS_SET_DOMAINS = {
+    "cityscapes": "street scenes (Cityscapes)",
+    "cityscapes-thing": "street scenes (Cityscapes)",
+    "coco": "everyday photos (COCO)",
+    "ade20k": "indoor/outdoor scenes (ADE20K)",
+}
+
+
+def card_domain(card: ModelCard) -> str:
+    """The kind of images a card's model was made for, from its class set and pixel size."""
+    classes = card.raw.get("classes")
+    if isinstance(classes, str) and classes in _CLASS_SET_DOMAINS:
+        return _CLASS_SET_DOMAINS[classes]
+    if card.mpp_nominal or card.mpp is None:
+        return "natural images (no physical pixel size)"
+    if card.mpp_unit == "m":
+        return f"aerial/satellite imagery ({card.mpp:g} m/px)"
+    return f"microscopy ({card.mpp:g} um/px)"
+
+
+def licence_summary(text: str) -> str:
+    """A few words for a table column; the card's full ``licence`` text is authoritative."""
+    low = text.lower()
+    words = []
+    if "apple sample code" in low:
+        words.append("Apple sample code")
+    elif "apache-2.0" in low:
+        words.append("Apache-2.0 code")
+    if "non-commercial" in low:
+        words.append("non-commercial")
+    return ", ".join(words) or (text if len(text) <= 28 else text[:27] + "…")
 
 
 # ---------------------------------------------------------------------------------- factory

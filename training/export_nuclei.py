@@ -1,4 +1,4 @@
-"""Export the aff-nuclei training run as the bundled default model card (models/aff-nuclei.json).
+"""Export the aff-nuclei training run as the bundled default model card (tilesegcli/models/aff-nuclei.json).
 
     python training/export_nuclei.py CHECKPOINT --val-json V.json --e2e-json E.json \
         --throughput "..." [--score-threshold 0.5] [--min-visible 0.5]
@@ -53,7 +53,7 @@ def main() -> None:
                     help="ship the dense head and drop instances less foreground than this")
     ap.add_argument("--one-view-json", default=None,
                     help="--validate JSON of the same checkpoint with -O flip_views=1")
-    ap.add_argument("--out", default="models/aff-nuclei.json")
+    ap.add_argument("--out", default="tilesegcli/models/aff-nuclei.json")
     a = ap.parse_args()
 
     state = load_checkpoint(a.checkpoint, mmap=True)  # config and step; export() reads the weights

@@ -59,13 +59,14 @@ def test_nominal_model_runs_on_geotiff_level0(geotiff, tmp_path, tileseg_log):
 
 def test_nominal_card_runs_slide_at_level0(slide_svs, tmp_path, tileseg_log):
     """The flag of a real natural-image card (aff-mini.ade20k): on a 0.5 µm/px slide with a
-    1 µm/px level, a physical 1.0 µm/px model would read level 1; the nominal one reads level 0."""
+    1 µm/px level, a physical 1.0 µm/px model would read level 1; the nominal one reads level 0.
+    (A natural-image model on a microscopy slide needs force=True / --force.)"""
     from tilesegcli.zoo import load_card
 
     seg = SimpleSegmenter(task="semantic", mpp=1.0, mpp_unit="um", name="ade-like")
     seg.card = load_card("aff-mini.ade20k")  # type: ignore[attr-defined]
     assert mpp_is_nominal(seg)
-    [r] = predict(slide_svs, segmenter=seg, output=tmp_path / "s.geojson")
+    [r] = predict(slide_svs, segmenter=seg, output=tmp_path / "s.geojson", force=True)
     assert r.status == "done", r.error
     assert TileStore.open(r.store).grid.downsample == 1.0
     assert len(_nominal_lines(tileseg_log)) == 1

@@ -106,12 +106,12 @@ def test_slurm_array_env_selects_shard(big_svs, reference, tmp_path, feature_set
     out = tmp_path / "a.geojson"
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
     monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
-    from tilesegcli.store import parse_shard
+    from tilesegcli.config import parse_shard
 
     results = []
     for task in ("1", "2"):  # sbatch --array=1-2
         monkeypatch.setenv("SLURM_ARRAY_TASK_ID", task)
-        results += predict(big_svs, segmenter=SimpleSegmenter(), output=out, shard=parse_shard(None))
+        results += predict(big_svs, segmenter=SimpleSegmenter(), output=out, shard=parse_shard("slurm"))
     assert [r.status for r in results] == ["waiting", "done"]
     assert results[0].tiles_shard + results[1].tiles_shard == results[1].tiles_selected
     assert feature_set(out) == feature_set(reference)

@@ -7,7 +7,7 @@ import pytest
 
 from tilesegcli.errors import StoreError
 from tilesegcli.segmenter import TileResult
-from tilesegcli.store import KMAX, TileStore, default_store_path, parse_shard
+from tilesegcli.store import KMAX, TileStore, default_store_path
 from tilesegcli.tiling import make_grid
 
 CLASSES = [{"name": "background", "color": [0, 0, 0]}, {"name": "nucleus", "color": [255, 0, 0]}]
@@ -93,6 +93,11 @@ def test_shards_partition_selected_tiles(tmp_path):
     assert sorted(sum(parts, [])) == [1, 2, 5, 8, 9, 13, 17]
     assert all(abs(len(a) - len(b)) <= 1 for a in parts for b in parts)
     assert s.shard_tiles(1, 3) == TileStore.open(tmp_path / "s.zarr").shard_tiles(1, 3)
+    assert s.pending_shards() == [0, 1, 2]
+    for i in parts[0] + parts[2]:
+        s.write_tile(s.tile(i), TileResult(labels=np.zeros((64, 64), np.int32),
+                                           semantic=np.zeros((2, 64, 64), np.float32)))
+    assert s.pending_shards() == [1]
 
 
 def test_too_many_instances(tmp_path):
@@ -102,17 +107,6 @@ def test_too_many_instances(tmp_path):
     with pytest.raises(StoreError, match="instances"):
         s.write_tile(s.tile(0), r)
     assert not s.done_mask()[0, 0]
-
-
-def test_parse_shard_and_slurm_defaults():
-    assert parse_shard("1/4", env={}) == (1, 4)
-    assert parse_shard(None, env={}) == (0, 1)
-    env = {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "1"}
-    assert parse_shard(None, env=env) == (2, 3)
-    assert parse_shard(None, env={"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "2"}) == (0, 2)
-    for bad in ("4/4", "a/b", "1", "-1/2"):
-        with pytest.raises(StoreError):
-            parse_shard(bad, env={})
 
 
 def test_default_store_path(tmp_path):

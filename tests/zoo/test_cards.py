@@ -259,7 +259,7 @@ def test_import_is_light_and_cli(tmp_path):
                        capture_output=True, text=True)
     assert "coco_ins" not in r.stdout and "city_pan/aff_tiny.pth" in r.stdout
     r = subprocess.run(exe + ["models", "show", "aff-nope"], capture_output=True, text=True)
-    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "unknown model" in r.stderr
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "unknown model" in r.stderr
     assert "Traceback" not in r.stderr
 
 

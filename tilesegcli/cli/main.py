@@ -48,22 +48,35 @@ def cli() -> None:
     """
 
 
+def click_error_line(e: click.ClickException) -> str:
+    """One line for a click error: its message, and for usage errors where to find help."""
+    msg = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    if isinstance(e, click.UsageError) and ctx is not None:
+        msg += f" (see '{ctx.command_path} --help')"
+    return msg
+
+
 def main() -> None:
-    """Console-script entry point; maps library errors to one line and an exit code."""
+    """Console-script entry point; maps library errors to one line and an exit code.
+
+    Every error is one line, ``tileseg: error: ...``, click's usage errors included. Exit codes:
+    2 usage errors (click's, and TilesegError subclasses with exit_code 2: UsageError, an unknown
+    model), 1 failed inputs and other TilesegErrors, 130 interrupted."""
     # OpenMP's wait policy is left to the user: forcing PASSIVE made the aff-nuclei forward 1.4x
     # slower on a quiet 2-core machine (libgomp default: forward 10.7 s vs 14.3-15.4 s for 221
     # tiles). On a machine shared with other busy processes, export OMP_WAIT_POLICY=PASSIVE.
     from tilesegcli.errors import TilesegError
 
     try:
-        cli.main(standalone_mode=False)
+        cli.main(prog_name="tileseg", standalone_mode=False)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
-    except click.ClickException as e:
-        e.show()
+    except click.ClickException as e:  # click's own usage errors, in tileseg's one style
+        click.echo(f"tileseg: error: {click_error_line(e)}", err=True)
         sys.exit(e.exit_code)
     except TilesegError as e:
         click.echo(f"tileseg: error: {e}", err=True)

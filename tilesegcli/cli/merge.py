@@ -11,7 +11,7 @@ from tilesegcli.cli.options import logging_options, output_options, setup_loggin
 
 
 @click.command("merge")
-@click.argument("store", type=click.Path(path_type=Path, file_okay=False))
+@click.argument("store", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option("-o", "--output", type=click.Path(path_type=Path, allow_dash=True), required=True,
               help="Output file ('-' = stdout).")
 @output_options()

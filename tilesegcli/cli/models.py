@@ -9,16 +9,27 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
+_WHERE = {"bundled": "bundled", "bundled-missing": "MISSING", "cached": "cached",
+          "downloadable": "download", "none": "none"}
+
 
 def _summary(card) -> dict:
+    from tilesegcli.weights import weights_status
+    from tilesegcli.zoo import card_domain
+
+    status, path = weights_status(card)
     return {
-        "name": card.name, "task": card.task, "classes": len(card.classes) - 1,
+        "name": card.name, "task": card.task, "domain": card_domain(card),
+        "classes": len(card.classes) - 1,
         "mpp": card.mpp, "mpp_unit": card.mpp_unit, "mpp_nominal": card.mpp_nominal,
         "tile_size": card.tile_size, "overlap": card.overlap,
         "weights": "bundled" if card.weights.bundled else (card.weights.url or "none"),
+        "weights_status": status, "weights_path": str(path) if path else None,
+        "licence": card.licence,
         "description": card.description,
     }
 
@@ -42,17 +53,23 @@ def models(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([_summary(c) for c in cards], indent=2))
         return
-    rows = [("NAME", "TASK", "CLASSES", "MPP", "TILE", "WEIGHTS")]
+    from tilesegcli.weights import weights_status
+    from tilesegcli.zoo import card_domain, licence_summary
+
+    rows = [("NAME", "TASK", "DOMAIN", "CLASSES", "MPP", "TILE", "WEIGHTS", "LICENCE")]
     for c in cards:
         mpp = "-" if c.mpp is None else f"{c.mpp:g} {c.mpp_unit}" + ("*" if c.mpp_nominal else "")
-        where = "bundled" if c.weights.bundled else ("download" if c.weights.url else "none")
         name = c.name + (" (default)" if c.name == DEFAULT_MODEL else "")
-        rows.append((name, c.task, str(len(c.classes) - 1), mpp, str(c.tile_size), where))
+        rows.append((name, c.task, card_domain(c), str(len(c.classes) - 1), mpp,
+                     str(c.tile_size), _WHERE[weights_status(c)[0]], licence_summary(c.licence)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     if any(c.mpp_nominal for c in cards):
-        click.echo("* nominal pixel size of a natural-image model (no physical resolution)")
+        click.echo("* nominal pixel size of a natural-image model (no physical resolution): "
+                   "on a microscopy slide it needs --force")
+    click.echo("WEIGHTS: bundled with tileseg | cached (downloaded before) | download (on first "
+               "use, or `tileseg models fetch NAME`). Full licence: `tileseg models show NAME`.")
 
 
 @models.command("show")
@@ -65,13 +82,19 @@ def show(name: str, as_json: bool) -> None:
     $ tileseg models show aff-mini.ade20k
     $ tileseg models show aff-mini.coco --json
     """
-    from tilesegcli.weights import weights_dir
-    from tilesegcli.zoo import load_card
+    from tilesegcli.weights import weights_status
+    from tilesegcli.zoo import card_domain, load_card
 
     card = load_card(name)
+    status, wpath = weights_status(card)
+    card_file = (f"bundled with tileseg ({Path(card.base_dir or '.') / (card.name + '.json')})"
+                 if card.source == "bundled" else card.source)
     if as_json:
         d = card.to_dict()
-        d["source"] = card.source
+        d["card_source"] = card_file
+        d["domain"] = card_domain(card)
+        d["weights_status"] = status
+        d["weights_path"] = str(wpath) if wpath else None
         click.echo(json.dumps(d, indent=2))
         return
     arch = card.architecture
@@ -79,6 +102,7 @@ def show(name: str, as_json: bool) -> None:
     lines = [
         f"name:        {card.name}",
         f"task:        {card.task}",
+        f"domain:      {card_domain(card)}",
         f"description: {card.description}",
         f"backbone:    {arch.get('backbone')}  head: {arch.get('head')}",
         f"resolution:  {card.mpp if card.mpp is not None else '-'} {card.mpp_unit}/px"
@@ -90,15 +114,28 @@ def show(name: str, as_json: bool) -> None:
         f"classes:     {len(card.classes) - 1} + background: "
         + ", ".join(c.name for c in card.classes[1:13])
         + (", ..." if len(card.classes) > 13 else ""),
-        f"weights:     {'bundled ' + str(w.filename) if w.bundled else (w.url or 'none')}",
+        f"weights:     {_weights_line(status, wpath, w.url, card.name)}",
         f"sha256:      {w.sha256 or 'unknown (verified by strict loading)'}",
     ]
-    if not w.bundled:
-        lines.append(f"cache file:  {weights_dir() / str(w.filename)}")
+    if w.url and not w.bundled:
+        lines.append(f"url:         {w.url}")
     if card.metrics:
         lines.append("metrics:     " + ", ".join(f"{k} {v}" for k, v in card.metrics.items()))
-    lines += [f"licence:     {card.licence}", f"source:      {card.source}"]
+    lines += [f"licence:     {card.licence}", f"card:        {card_file}"]
     click.echo("\n".join(lines))
+
+
+def _weights_line(status: str, path: object, url: str | None, name: str) -> str:
+    if status == "bundled":
+        return f"bundled with tileseg ({path})"
+    if status == "bundled-missing":
+        return f"bundled but MISSING: expected {path} (reinstall tileseg)"
+    if status == "cached":
+        return f"downloaded, cached at {path}"
+    if status == "downloadable":
+        return (f"not downloaded yet: fetched on first use into {path} "
+                f"(or `tileseg models fetch {name}`)")
+    return "none (pass --weights FILE)"
 
 
 @models.command("fetch")

@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from tilesegcli.config import FORMATS
+from tilesegcli.config import FORMATS, parse_shard
 
 F = Callable[..., Any]
 
@@ -50,27 +50,36 @@ def logging_options() -> Callable[[F], F]:
     )
 
 
+class _LowerLevelFormatter(logging.Formatter):
+    """``tileseg: error: ...``, ``tileseg: warning: ...``: the same style as main()'s errors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)
+        record.levelname = record.levelname.lower()
+        return super().format(record)
+
+
 def setup_logging(level: str | None, quiet: bool) -> None:
     name = level or ("warning" if quiet else "info")
     logger = logging.getLogger("tileseg")
     logger.handlers.clear()
     h = logging.StreamHandler(sys.stderr)
-    h.setFormatter(logging.Formatter("tileseg: %(levelname)s: %(message)s"))
+    h.setFormatter(_LowerLevelFormatter("tileseg: %(levelname)s: %(message)s"))
     logger.addHandler(h)
     logger.setLevel(getattr(logging, name.upper()))
     logger.propagate = False
 
 
-def parse_shard_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is None:
-        return None
-    parts = value.split("/")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise click.BadParameter("must look like I/N, e.g. 0/4")
-    i, n = int(parts[0]), int(parts[1])
-    if n < 1 or i >= n:
-        raise click.BadParameter(f"need 0 <= I < N, got {value}")
-    return value
+def parse_shard_option(ctx: click.Context, param: click.Parameter,
+                       value: str | None) -> tuple[int, int]:
+    """``--shard`` through the one parser (tilesegcli.config.parse_shard): a usage error names
+    the option and exits 2."""
+    from tilesegcli.errors import UsageError
+
+    try:
+        return parse_shard(value)
+    except UsageError as e:
+        raise click.BadParameter(str(e).removeprefix("--shard ").removeprefix("--shard: ")) from None
 
 
 def read_input_list(source: str) -> list[str]:

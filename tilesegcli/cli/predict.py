@@ -1,6 +1,7 @@
 """``tileseg predict``: parse options -> RunConfig -> pipeline.predict -> exit code.
 
-Exit status: 0 when every input succeeded (done, skipped, or this shard's part finished),
+Exit status: 0 when every input succeeded (done, skipped, or this shard's part finished:
+status "waiting", reported on stderr and in the summary as a run without its output),
 1 when any input failed, 2 for usage errors. Results (output paths) go to stdout, logs and
 progress to stderr.
 """
@@ -28,7 +29,36 @@ def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-@click.command("predict")
+def _summary_arg(args: list[str]) -> str | None:
+    """The ``--summary`` value in raw arguments (for a summary of a run whose options click
+    could not parse)."""
+    for k, a in enumerate(args):
+        if a == "--":
+            break
+        if a == "--summary" and k + 1 < len(args):
+            return args[k + 1]
+        if a.startswith("--summary="):
+            return a.split("=", 1)[1]
+    return None
+
+
+class _PredictCommand(click.Command):
+    """``--summary`` is written even when the options themselves are wrong (exit 2)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        raw = list(args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.ClickException as e:
+            path = _summary_arg(raw)
+            if path:
+                from tilesegcli.cli.main import click_error_line
+
+                _write_failure_summary(Path(path), click_error_line(e), e.exit_code)
+            raise
+
+
+@click.command("predict", cls=_PredictCommand)
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Output file for a single input ('-' = stdout).")
@@ -61,35 +91,76 @@ def _on_sigterm(signum: int, frame: object) -> None:
                    "the transposed tile's flips).")
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where tile stores live (default: next to the output).")
-@click.option("--shard", callback=parse_shard_option, default=None,
-              help="Process shard I of N (0-based); default from SLURM_ARRAY_TASK_ID/COUNT.")
+@click.option("--shard", callback=parse_shard_option, default=None, metavar="I/N|slurm",
+              help="Process shard I of N (0-based) of every input; 'slurm' = this task of a SLURM "
+                   "job array (SLURM_ARRAY_TASK_ID/COUNT). Default: the whole input, never sharded "
+                   "implicitly.")
 @click.option("--overwrite", is_flag=True, help="Rewrite outputs that already exist.")
+@click.option("--force", is_flag=True,
+              help="Run a natural-image model (street scenes, photos: no physical pixel size) "
+                   "on a microscopy slide anyway; refused without it.")
 @output_options()
 @click.option("--summary", type=click.Path(path_type=Path, allow_dash=True), default=None,
               help="Write a JSON run summary here ('-' = stdout).")
+@click.option("--progress-every", "progress_every", type=click.FloatRange(min=0), default=30.0,
+              show_default=True, envvar="TILESEG_PROGRESS_EVERY", metavar="SECONDS",
+              help="When stderr is not a terminal: a progress line (tiles done/total, tiles/s, "
+                   "ETA) this often and at every 10% (env TILESEG_PROGRESS_EVERY).")
 @logging_options()
 def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
             input_list: str | None, model: str, weights: str | None, mpp: float | None,
             backend: str, roi: Path | None, no_mask: bool, tile_size: int | None,
             overlap: int | None, batch_size: int, num_workers: int | None, device: str,
-            flips: str | None, workdir: Path | None, shard: str | None, overwrite: bool, fmt: str | None,
+            flips: str | None, workdir: Path | None, shard: tuple[int, int], overwrite: bool, force: bool, fmt: str | None,
             labels: Path | None, min_area: float | None, simplify: float | None,
-            summary: Path | None, quiet: bool, log_level: str | None) -> None:
+            summary: Path | None, progress_every: float, quiet: bool,
+            log_level: str | None) -> None:
     """Segment slides/GeoTIFFs and write polygons (QuPath/QGIS GeoJSON).
 
     \b
     $ tileseg predict slide.svs -o slide.geojson
     $ tileseg predict *.svs --outdir out/ --summary run.json
     $ ls *.ndpi | tileseg predict --inputs - --outdir out/ --device cuda
-    $ tileseg predict big.svs -o big.geojson --shard 0/4   # in each of 4 jobs
+    $ tileseg predict big.svs -o big.geojson --shard 0/4   # ... 3/4 in the other jobs
+    $ tileseg predict big.svs -o big.geojson --shard slurm # in each task of sbatch --array
     """
-    from tilesegcli import pipeline
-    from tilesegcli.errors import UsageError
-    from tilesegcli.runner import default_num_workers
-    from tilesegcli.store import parse_shard
+    from tilesegcli.cli.main import click_error_line
+    from tilesegcli.errors import TilesegError
 
     setup_logging(log_level, quiet)
     _log_header()
+    try:
+        results = _run(**click.get_current_context().params)
+    except (TilesegError, click.ClickException) as e:  # before any input ran: usage, model
+        if summary is not None:
+            msg = click_error_line(e) if isinstance(e, click.ClickException) else str(e)
+            _write_failure_summary(summary, msg, e.exit_code)
+        raise
+    _log_results(results)
+    if str(output) != "-" and str(summary) != "-":  # stdout carries one kind of result
+        for r in results:
+            if r.status in ("done", "skipped") and r.output:
+                click.echo(r.output)
+    failed = [r for r in results if r.status == "failed"]
+    if summary is not None:
+        _write_summary(summary, results, exit_code=1 if failed else 0)
+    if failed:
+        raise SystemExit(1)
+
+
+def _run(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
+         input_list: str | None, model: str, weights: str | None, mpp: float | None,
+         backend: str, roi: Path | None, no_mask: bool, tile_size: int | None,
+         overlap: int | None, batch_size: int, num_workers: int | None, device: str,
+         flips: str | None, workdir: Path | None, shard: tuple[int, int], overwrite: bool,
+         force: bool,
+         fmt: str | None, labels: Path | None, min_area: float | None, simplify: float | None,
+         summary: Path | None, progress_every: float, quiet: bool, log_level: str | None
+         ) -> list:
+    from tilesegcli import pipeline
+    from tilesegcli.errors import UsageError
+    from tilesegcli.runner import default_num_workers
+
     paths = [Path(p) for p in inputs]
     if input_list is not None:
         paths += [Path(p) for p in read_input_list(input_list)]
@@ -101,24 +172,26 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
         weights=weights, mpp=mpp, backend=backend, roi=roi, no_mask=no_mask,
         tile_size=tile_size, overlap=overlap, batch_size=batch_size,
         num_workers=default_num_workers() if num_workers is None else num_workers,
-        device=device, flips=None if flips is None else int(flips), workdir=workdir, shard=parse_shard(shard), overwrite=overwrite,
+        device=device, flips=None if flips is None else int(flips), workdir=workdir, shard=shard, overwrite=overwrite, force=force,
         format=fmt, labels=labels, min_area=min_area, simplify=simplify, quiet=quiet,
+        progress_every_s=progress_every,
         command_line=["tileseg", *sys.argv[1:]],
     )
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        results = pipeline.predict(paths, model=model, output=output, outdir=outdir, **options)
+        return pipeline.predict(paths, model=model, output=output, outdir=outdir, **options)
     finally:
         signal.signal(signal.SIGTERM, old)
-    if str(output) != "-" and str(summary) != "-":  # stdout carries one kind of result
-        for r in results:
-            if r.status in ("done", "skipped") and r.output:
-                click.echo(r.output)
-    if summary is not None:
-        _write_summary(summary, results)
-    failed = [r for r in results if r.status == "failed"]
-    if failed:
-        raise SystemExit(1)
+
+
+def _log_results(results: list) -> None:
+    import logging
+
+    from tilesegcli.progress import result_line
+
+    log = logging.getLogger("tileseg")
+    for r in results:
+        log.info("%s", result_line(r))
 
 
 def _log_header() -> None:
@@ -135,16 +208,42 @@ def _log_header() -> None:
         f" (SLURM job {job}{'_' + task if task else ''})" if job else "")
 
 
-def _write_summary(path: Path, results: list) -> None:
-    from tilesegcli.provenance import jsonable, write_json
+_STATUSES = ("done", "skipped", "waiting", "failed")
 
-    data = {
-        "ok": all(r.ok for r in results),
-        "counts": {s: sum(r.status == s for r in results)
-                   for s in ("done", "skipped", "waiting", "failed")},
-        "slides": [jsonable(r) for r in results],
-    }
+
+def _write_failure_summary(path: Path, message: str, exit_code: int) -> None:
+    """The summary of a run that stopped before any input ran (bad options, unknown model)."""
+    import logging
+
+    data = {"ok": False, "complete": False, "exit_code": exit_code, "error": message,
+            "counts": dict.fromkeys(_STATUSES, 0), "waiting": [], "slides": []}
+    try:
+        _emit_summary(path, data)
+    except OSError as e:  # the run's own error is the one to report
+        logging.getLogger("tileseg").warning("cannot write the summary %s: %s", path,
+                                             e.strerror or e)
+
+
+def _emit_summary(path: Path, data: dict) -> None:
+    from tilesegcli.provenance import write_json
+
     if str(path) == "-":
         click.echo(json.dumps(data, indent=2))
     else:
         write_json(path, data)
+
+
+def _write_summary(path: Path, results: list, exit_code: int) -> None:
+    from tilesegcli.provenance import jsonable
+
+    data = {
+        "ok": all(r.ok for r in results),
+        # ok but not complete: some input ended without its output (shards still to run)
+        "complete": all(r.status in ("done", "skipped") for r in results),
+        "exit_code": exit_code,
+        "error": None,
+        "counts": {s: sum(r.status == s for r in results) for s in _STATUSES},
+        "waiting": [f"{r.input}: {r.note}" for r in results if r.status == "waiting"],
+        "slides": [jsonable(r) for r in results],
+    }
+    _emit_summary(path, data)

@@ -1,6 +1,6 @@
 """Regenerate the bundled cards of the official AFF + Mask2Former checkpoints.
 
-Run ``python -m models._make_cards`` from the repository root. Facts come from the official
+Run ``python -m tilesegcli.models._make_cards`` (it writes next to itself). Facts come from the official
 apple/ml-autofocusformer-segmentation configs and README (see docs: AFF-REFERENCE.md sections 3.4,
 4 and 5); sha256 and sizes of the official files are unknown here (they could not be downloaded),
 so they are null and the weights are verified by strict loading instead.
