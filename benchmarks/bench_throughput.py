@@ -27,6 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 SLIDE = ROOT / "examples" / "cmu-1-small-region.svs"
 WINDOW = (700, 1200, 1500, 2000)  # level-0 px of the bundled slide: 800 x 800 of dense tissue
+SMALL = (1000, 1600, 1200, 1800)  # 200 x 200 (--small: a quick check of the script)
 
 
 def run_cli(src: Path, slide: Path, out: Path, roi: Path | None, threads: int,
@@ -83,6 +84,7 @@ def main() -> None:
     ap.add_argument("--baseline-rev", default="dc1fefb", help="git revision of the old code")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--full", action="store_true", help="whole slide, not the ROI window")
+    ap.add_argument("--small", action="store_true", help="a 200 x 200 px window (script check)")
     ap.add_argument("--model", default="aff-nuclei")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -91,7 +93,7 @@ def main() -> None:
         tmp = Path(d)
         roi = None
         if not a.full:
-            x0, y0, x1, y1 = WINDOW
+            x0, y0, x1, y1 = SMALL if a.small else WINDOW
             roi = tmp / "roi.geojson"
             roi.write_text(json.dumps({"type": "FeatureCollection", "features": [{
                 "type": "Feature", "properties": {"objectType": "annotation"},
