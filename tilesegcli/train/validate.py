@@ -1,10 +1,11 @@
 """Validation and export: whole-image tiled inference through the shipped Segmenter, metrics,
 and turning a checkpoint into a zoo card + fp16 safetensors.
 
-Validation runs the exact inference path of ``tileseg predict`` for this card (``AFFSegmenter``:
-normalisation, padding, Mask2Former instance post-processing, min_area) on tiles of the card's
-size and overlap; an instance is kept by the tile whose core contains its centroid and painted
-where no earlier instance is. Images are scored with :mod:`tilesegcli.eval.metrics`.
+Validation runs the inference path of ``tileseg predict`` for this card through
+:func:`tilesegcli.arrays.predict_array` (the pipeline's grid and white padding, ``AFFSegmenter``
+post-processing with flip views and foreground gate, the exactly-once stitcher with its
+OverlapResolver); the stitched polygons are burnt back into a label image and scored with
+:mod:`tilesegcli.eval.metrics`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import numpy as np
 
 from tilesegcli.errors import UsageError
 from tilesegcli.eval.evaluate import evaluate_arrays
-from tilesegcli.tiling import iter_tiles, make_grid
 
 if TYPE_CHECKING:
     from tilesegcli.segmenter import Segmenter
@@ -27,73 +27,30 @@ if TYPE_CHECKING:
     from tilesegcli.train.net import TrainNet
 
 
-def tile_windows(image: np.ndarray, tile: int, overlap: int) -> tuple[list, np.ndarray]:
-    """Grid tiles of ``image`` and their (N, tile, tile, 3) windows (reflect-padded at edges)."""
-    h, w = image.shape[:2]
-    specs = iter_tiles(make_grid(w, h, tile, overlap))
-    arr = np.zeros((len(specs), tile, tile, 3), np.uint8)
-    for i, t in enumerate(specs):
-        win = image[t.y:t.y + tile, t.x:t.x + tile]
-        arr[i] = np.pad(win, ((0, tile - win.shape[0]), (0, tile - win.shape[1]), (0, 0)),
-                        mode="reflect" if min(win.shape[:2]) > 1 else "edge")
-    return specs, arr
-
-
-def stitch(shape: tuple[int, int], specs: list, tile_labels: list[np.ndarray]) -> np.ndarray:
-    """Paste per-tile instance labels into one (H, W) image: an instance belongs to the tile whose
-    core holds its centroid and takes the pixels no earlier instance took."""
-    h, w = shape
-    out = np.zeros((h, w), np.int32)
-    n = 0
-    for t, lab in zip(specs, tile_labels, strict=True):
-        lab = lab[: min(lab.shape[0], h - t.y), : min(lab.shape[1], w - t.x)]
-        x0, y0, x1, y1 = t.core
-        for k in range(1, int(lab.max(initial=0)) + 1):
-            ys, xs = np.nonzero(lab == k)
-            if len(ys) == 0:
-                continue
-            cy, cx = ys.mean() + t.y, xs.mean() + t.x
-            if not (x0 <= cx < x1 and y0 <= cy < y1):
-                continue
-            gy, gx = ys + t.y, xs + t.x
-            free = out[gy, gx] == 0
-            if free.any():
-                n += 1
-                out[gy[free], gx[free]] = n
-    return out
-
-
 def predict_image(seg: Segmenter, image: np.ndarray, tile: int, overlap: int, batch: int = 8
                   ) -> np.ndarray:
-    """(H, W) int32 instance labels of a whole image through ``seg.predict_batch``."""
-    specs, arr = tile_windows(image, tile, overlap)
-    labs = []
-    for s in range(0, len(arr), batch):
-        for res in seg.predict_batch(arr[s:s + batch]):
-            labs.append(res.labels if res.labels is not None else np.zeros(arr.shape[1:3], np.int32))
-    return stitch(image.shape[:2], specs, labs)
+    """(H, W) int32 instance labels of a whole image through the shipped path
+    (``arrays.predict_array``: the pipeline's tiling, segmenter calls and stitcher)."""
+    from tilesegcli.arrays import objects_to_labels, predict_array
+
+    objs = predict_array(seg, image, tile_size=tile, overlap=overlap, batch_size=batch)
+    return objects_to_labels(objs, image.shape[:2])
 
 
 def sweep_thresholds(seg: Any, data: list[Loaded], tile: int, overlap: int,
                      thresholds: list[float], batch: int = 8) -> dict[float, dict]:
     """Mean PQ/AJI/F1/Dice over ``data`` for several instance score thresholds, running the
-    network once per tile (``seg.forward`` raw outputs, then ``seg.tile_result``: the card's
-    post-processing with each threshold in turn)."""
-    raw = []
-    for d in data:
-        specs, arr = tile_windows(d.image, tile, overlap)
-        outs = []
-        for s in range(0, len(arr), batch):
-            lg, mk = seg.forward(arr[s:s + batch])
-            outs += [(lg[i], mk[i]) for i in range(len(lg))]
-        raw.append((d, specs, outs))
+    network once per tile (``arrays.forward_tiles``), then the shipped post-processing and
+    stitcher with each threshold in turn (``arrays.stitch_raw``)."""
+    from tilesegcli.arrays import forward_tiles, objects_to_labels, stitch_raw
+
+    raw = [(d, *forward_tiles(seg, d.image, tile, overlap, batch)) for d in data]
     res = {}
     for thr in thresholds:
-        pairs = []
-        for d, specs, outs in raw:
-            labs = [seg.tile_result(lg, mk, (tile, tile), score_threshold=thr).labels
-                    for lg, mk in outs]
-            pairs.append((d.name, d.ann.labels, stitch(d.image.shape[:2], specs, labs)))
+        pairs = [(d.name, d.ann.labels,
+                  objects_to_labels(stitch_raw(seg, grid, r, score_threshold=thr),
+                                    d.image.shape[:2]))
+                 for d, grid, r in raw]
         res[thr] = evaluate_arrays(pairs).overall()["mean"]
     return res
 
