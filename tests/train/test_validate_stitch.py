@@ -3,27 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-from skimage.measure import label as cc_label
 
 from tilesegcli.eval.metrics import instance_stats
-from tilesegcli.segmenter import TileResult
 from tilesegcli.train.validate import predict_image
 
-
-class DarkBlobSegmenter:
-    """Real (if simple) segmenter: dark pixels, connected components."""
-
-    name, task, mpp, mpp_unit, tile_size, overlap = "dark", "instance", 0.5, "um", 48, 16
-    classes = ()
-
-    def predict_batch(self, tiles: np.ndarray) -> list[TileResult]:
-        out = []
-        for t in tiles:
-            lab = cc_label(t[..., 0] < 100, connectivity=1).astype(np.int32)
-            n = int(lab.max())
-            out.append(TileResult(labels=lab, instance_classes=np.ones(n, np.int64),
-                                  instance_scores=np.ones(n, np.float32)))
-        return out
+from ..test_arrays import DarkComponents
 
 
 def test_tiled_prediction_counts_objects_once() -> None:
@@ -39,7 +23,7 @@ def test_tiled_prediction_counts_objects_once() -> None:
             k += 1
             gt[disc] = k
             img[disc] = 40
-    pred = predict_image(DarkBlobSegmenter(), img, 48, 16, batch=3)
+    pred = predict_image(DarkComponents(), img, 48, 16, batch=3)
     s = instance_stats(gt, pred)
     # objects (<= 11 px wide) are smaller than overlap/2 + core margin: every one is whole in
     # the tile that owns its centroid, so the tiled result equals the untiled one exactly

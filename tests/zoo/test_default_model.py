@@ -18,17 +18,24 @@ SLIDE = Path(__file__).resolve().parents[2] / "examples" / "cmu-1-small-region.s
 WINDOW = (900, 1100, 1300, 1500)
 
 
+def _roi(tmp_path: Path, box: tuple[int, int, int, int]) -> Path:
+    """A QuPath-style GeoJSON annotation of the level-0 rectangle ``box`` (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    roi = tmp_path / "roi.geojson"
+    roi.write_text(json.dumps({"type": "FeatureCollection", "features": [{
+        "type": "Feature", "properties": {"objectType": "annotation"},
+        "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1],
+                                                         [x0, y0]]]}}]}))
+    return roi
+
+
 def test_default_model_finds_nuclei_on_bundled_slide(tmp_path: Path, one_thread: None) -> None:
     if DEFAULT_MODEL not in card_names() or not SLIDE.exists():
         pytest.skip("default model or bundled slide not present")
     from tilesegcli import predict
 
     x0, y0, x1, y1 = WINDOW
-    roi = tmp_path / "roi.geojson"
-    roi.write_text(json.dumps({"type": "FeatureCollection", "features": [{
-        "type": "Feature", "properties": {"objectType": "annotation"},
-        "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1],
-                                                         [x0, y0]]]}}]}))
+    roi = _roi(tmp_path, WINDOW)
     out = tmp_path / "nuclei.geojson"
     [r] = predict(SLIDE, model=DEFAULT_MODEL, output=out, roi=roi)
     assert r.status == "done", r.error
@@ -56,11 +63,7 @@ def test_default_model_leaves_no_seam_artefacts_on_real_slide(tmp_path: Path, on
     from tilesegcli.eval.audit import audit_instances
     from tilesegcli.zoo import load_card
 
-    x0, y0, x1, y1 = DENSE_WINDOW
-    roi = tmp_path / "roi.geojson"
-    roi.write_text(json.dumps({"type": "FeatureCollection", "features": [{
-        "type": "Feature", "properties": {"objectType": "annotation"},
-        "geometry": shapely.geometry.mapping(shapely.box(x0, y0, x1, y1))}]}))
+    roi = _roi(tmp_path, DENSE_WINDOW)
     out = tmp_path / "nuclei.geojson"
     [r] = predict(SLIDE, model=DEFAULT_MODEL, output=out, roi=roi)
     assert r.status == "done", r.error
