@@ -76,7 +76,8 @@ class LocalSlurm:
         self.root = root
         self.env = env
 
-    def sbatch_wait(self, *args: str, cwd: Path, timeout: int = 400) -> subprocess.CompletedProcess[str]:
+    def sbatch_wait(self, *args: str, cwd: Path,
+                    timeout: int = 400) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["sbatch", "--wait", "--cpus-per-task=1", "--mem=200M",
                                f"--chdir={cwd}", *args], env=self.env, cwd=cwd,
                               capture_output=True, text=True, timeout=timeout)
