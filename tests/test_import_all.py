@@ -20,7 +20,8 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(tilesegcli.__path__, "til
 
 def test_walk_finds_the_whole_package():
     assert len(MODULES) > 60
-    assert {"tilesegcli.writers.atomic", "tilesegcli.cli.predict", "tilesegcli.nn.aff"} <= set(MODULES)
+    assert {"tilesegcli.writers.atomic", "tilesegcli.cli.predict",
+            "tilesegcli.nn.aff"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

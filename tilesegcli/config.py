@@ -22,9 +22,10 @@ def parse_shard(text: str | None, env: Mapping[str, str] | None = None) -> tuple
     environment), ``"I/N"`` -> (I, N) 0-based, ``"slurm"`` -> this task's place in its SLURM
     job array. Raises UsageError (exit 2) for anything else.
 
-    ``slurm`` maps ``SLURM_ARRAY_TASK_ID`` to ``(ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP``
-    (MIN 0 and STEP 1 when unset) out of ``SLURM_ARRAY_TASK_COUNT`` tasks, so ``--array=1-8`` and
-    ``--array=0-14:2`` both give shards 0..7 of 8. Arrays whose indices are not one evenly spaced
+    ``slurm`` maps ``SLURM_ARRAY_TASK_ID`` to
+    ``(ID - SLURM_ARRAY_TASK_MIN) / SLURM_ARRAY_TASK_STEP`` (MIN 0 and STEP 1 when unset) out
+    of ``SLURM_ARRAY_TASK_COUNT`` tasks, so ``--array=1-8`` and ``--array=0-14:2`` both give
+    shards 0..7 of 8. Arrays whose indices are not one evenly spaced
     range (``--array=1,4,9``) cannot be mapped and are refused.
     """
     if text is None:
