@@ -12,6 +12,7 @@ def test_audit_counts_small_multi_and_overlapping() -> None:
     speck = shapely.MultiPolygon([shapely.box(30, 0, 40, 10), shapely.box(41, 0, 41.5, 0.5)])
     got = audit_instances([a, b, speck, shapely.box(50, 0, 52, 2)], min_area=10)
     assert got["objects"] == 4 and got["below_min_area"] == 1 and got["multipolygons"] == 1
+    assert got["multipolygon_specks"] == 1
     assert got["overlapping_pairs"] == 1 and abs(got["max_overlap_fraction"] - 0.2) < 1e-9
     assert audit_instances([], 1)["objects"] == 0
 

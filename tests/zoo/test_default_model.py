@@ -53,8 +53,9 @@ DENSE_WINDOW = (1000, 1600, 1400, 2000)
 
 
 def test_default_model_leaves_no_seam_artefacts_on_real_slide(tmp_path: Path, one_thread: None) -> None:
-    """Real model, real slide, card defaults (4 views, 128/32 tiles at 0.25 µm/px: 0.499 µm/px
-    upsampled 2x): no detection below the card's min_area, no MultiPolygon, no two overlapping."""
+    """Real model, real slide, card defaults (4 views, 128 px tiles at 0.25 µm/px: 0.499 µm/px
+    upsampled 2x): no detection below the card's min_area, no MultiPolygon speck, no two
+    overlapping."""
     if DEFAULT_MODEL not in card_names() or not SLIDE.exists():
         pytest.skip("default model or bundled slide not present")
     import shapely
@@ -72,5 +73,7 @@ def test_default_model_leaves_no_seam_artefacts_on_real_slide(tmp_path: Path, on
     ds = card.mpp / 0.499  # level-0 px per working px
     audit = audit_instances(geoms, card.min_area * ds * ds - 1e-6, overlap_tol=1e-6)
     assert audit["objects"] > 150, audit
-    assert audit["below_min_area"] == 0 and audit["multipolygons"] == 0, audit
+    # a MultiPolygon may remain only when every part is nucleus-sized (no speck)
+    assert audit["below_min_area"] == 0 and audit["multipolygon_specks"] == 0, audit
+    assert audit["multipolygons"] <= 0.01 * audit["objects"], audit
     assert audit["overlapping_pairs"] == 0, audit

@@ -11,13 +11,15 @@ import numpy as np
 
 def audit_instances(geoms: list[Any], min_area: float, overlap_tol: float = 1.0) -> dict[str, Any]:
     """Counts for shapely polygons ``geoms``: ``below_min_area`` (area < ``min_area``),
-    ``multipolygons``, ``overlapping_pairs`` (intersection > ``overlap_tol``, area units of the
+    ``multipolygons`` and ``multipolygon_specks`` (those with a part below ``min_area``),
+    ``overlapping_pairs`` (intersection > ``overlap_tol``, area units of the
     geometries) and the largest overlap as a fraction of the smaller object."""
     import shapely
 
     arr = np.array(geoms, dtype=object)
     if not len(arr):
-        return {"objects": 0, "below_min_area": 0, "multipolygons": 0, "overlapping_pairs": 0,
+        return {"objects": 0, "below_min_area": 0, "multipolygons": 0, "multipolygon_specks": 0,
+                "overlapping_pairs": 0,
                 "max_overlap_fraction": 0.0, "smallest_area": 0.0}
     areas = shapely.area(arr)
     a, b = shapely.STRtree(arr).query(arr, predicate="intersects")
@@ -27,6 +29,9 @@ def audit_instances(geoms: list[Any], min_area: float, overlap_tol: float = 1.0)
     frac = inter[big] / np.minimum(areas[a[big]], areas[b[big]])
     return {"objects": len(arr), "below_min_area": int((areas < min_area).sum()),
             "multipolygons": int(sum(g.geom_type == "MultiPolygon" for g in arr)),
+            "multipolygon_specks": int(sum(g.geom_type == "MultiPolygon"
+                                           and min(p.area for p in g.geoms) < min_area
+                                           for g in arr)),
             "overlapping_pairs": int(big.sum()),
             "max_overlap_fraction": float(frac.max()) if len(frac) else 0.0,
             "smallest_area": float(areas.min())}
