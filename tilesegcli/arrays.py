@@ -10,7 +10,7 @@ uses it, so thresholds chosen there hold end to end.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,16 +56,19 @@ def stitch_raw(seg: Any, grid: GridSpec, raw: list[tuple[TileSpec, RawTile]], *,
                score_threshold: float | None = None, fg_gate: float | None = None
                ) -> list[StitchedObject]:
     """Post-process every tile like ``predict_batch`` (optionally other thresholds) and stitch."""
+    hw = (grid.tile_px, grid.tile_px)
+    return _stitch(seg, grid, ((spec, seg.tile_result(lg, mk, hw, score_threshold=score_threshold,
+                                                      fg=fg, fg_gate=fg_gate))
+                               for spec, (lg, mk, fg) in raw))
+
+
+def _stitch(seg: Any, grid: GridSpec, results: Iterable[tuple[TileSpec, Any]]
+            ) -> list[StitchedObject]:
+    """The pipeline's instance stitcher with the segmenter's ``min_area`` (0 when it has none)."""
     from tilesegcli.stitching import stitch_instances
 
-    hw = (grid.tile_px, grid.tile_px)
-
-    def results() -> Iterator[tuple[TileSpec, Any]]:
-        for spec, (lg, mk, fg) in raw:
-            yield spec, seg.tile_result(lg, mk, hw, score_threshold=score_threshold, fg=fg,
-                                        fg_gate=fg_gate)
-
-    return list(stitch_instances(grid, results(), min_area_px=float(seg.min_area or 0)))
+    return list(stitch_instances(grid, results,
+                                 min_area_px=float(getattr(seg, "min_area", 0) or 0)))
 
 
 def predict_array(seg: Any, image: np.ndarray, *, tile_size: int | None = None,
@@ -77,8 +80,6 @@ def predict_array(seg: Any, image: np.ndarray, *, tile_size: int | None = None,
     if hasattr(seg, "forward_maps"):
         grid, raw = forward_tiles(seg, image, tile, ov, batch_size)
         return stitch_raw(seg, grid, raw)
-    from tilesegcli.stitching import stitch_instances
-
     h, w = image.shape[:2]
     grid = make_grid(w, h, tile, ov)
     specs = list(iter_tiles(grid))
@@ -88,8 +89,7 @@ def predict_array(seg: Any, image: np.ndarray, *, tile_size: int | None = None,
             part = specs[s:s + batch_size]
             yield from zip(part, seg.predict_batch(windows(image, grid, part)), strict=True)
 
-    return list(stitch_instances(grid, results(),
-                                 min_area_px=float(getattr(seg, "min_area", 0) or 0)))
+    return _stitch(seg, grid, results())
 
 
 def objects_to_labels(objs: list[StitchedObject], shape: tuple[int, int]) -> np.ndarray:

@@ -78,6 +78,12 @@ HEAD_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def dense_head(mask_dim: int) -> nn.Sequential:
+    """Per-token foreground + boundary logits from the mask features (training's auxiliary head;
+    shipped as ``fg_head`` for the foreground gate): same layers, same state-dict keys."""
+    return nn.Sequential(nn.Linear(mask_dim, mask_dim), nn.GELU(), nn.Linear(mask_dim, 2))
+
+
 class AFFMask2FormerHead(nn.Module):
     """``sem_seg_head``: BackboneOutput -> {pred_logits, pred_masks, aux_outputs}."""
 
@@ -119,8 +125,7 @@ class AFFMask2FormerHead(nn.Module):
         self.pixel_decoder.pe_extent = self.predictor.pe_extent = pe_extent
         # tileseg extension: the dense foreground/boundary head training has (train/net.py), kept
         # for inference: ``pred_fg`` (B, 2, h, w) logits on the stride-4 canvas (fg, boundary)
-        self.fg_head = (nn.Sequential(nn.Linear(mask_dim, mask_dim), nn.GELU(),
-                                      nn.Linear(mask_dim, 2)) if fg_head else None)
+        self.fg_head = dense_head(mask_dim) if fg_head else None
 
     def forward(self, feats: BackboneOutput, with_aux: bool = True,
                 images: torch.Tensor | None = None) -> dict:

@@ -303,12 +303,8 @@ class AFFSegmenter:
         n = len(scores)
         if n:
             area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-            keep = area >= max(1, self.min_area)
-            if not keep.all():
-                remap = np.zeros(n + 1, np.int32)
-                remap[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-                labels = remap[labels]
-                classes, scores = classes[keep], scores[keep]
+            labels, classes, scores = keep_instances(labels, classes, scores,
+                                                     area >= max(1, self.min_area))
         return TileResult(semantic=semantic, labels=labels,
                           instance_classes=np.asarray(classes, np.int64),
                           instance_scores=np.asarray(scores, np.float32))
@@ -340,9 +336,14 @@ def gate_instances(labels: np.ndarray, classes: np.ndarray, scores: np.ndarray,
                        mode="bilinear", align_corners=False)[0, 0, :h, :w].numpy()
     area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     mean = np.bincount(labels.ravel(), weights=up.ravel(), minlength=n + 1)[1:] / np.maximum(area, 1)
-    keep = mean >= gate
+    return keep_instances(labels, classes, scores, mean >= gate)
+
+
+def keep_instances(labels: np.ndarray, classes: np.ndarray, scores: np.ndarray, keep: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The instances where ``keep`` (per instance 1..n) holds, renumbered 1..K in order."""
     if keep.all():
         return labels, classes, scores
-    remap = np.zeros(n + 1, labels.dtype)
+    remap = np.zeros(len(keep) + 1, labels.dtype)
     remap[1:][keep] = np.arange(1, int(keep.sum()) + 1, dtype=labels.dtype)
     return remap[labels], np.asarray(classes)[keep], np.asarray(scores)[keep]

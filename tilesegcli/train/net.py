@@ -52,7 +52,9 @@ class TrainNet(nn.Module):
         hk = cfg.architecture["head_kwargs"]
         self.num_classes = int(hk["num_classes"])
         mask_dim = int(hk.get("mask_dim", 256))
-        self.dense = nn.Sequential(nn.Linear(mask_dim, mask_dim), nn.GELU(), nn.Linear(mask_dim, 2))
+        from tilesegcli.nn.aff_m2f import dense_head
+
+        self.dense = dense_head(mask_dim)
         matcher = HungarianMatcher(cfg.class_weight, cfg.mask_weight, cfg.dice_weight,
                                    num_points=cfg.match_points)
         self.criterion = SetCriterion(
