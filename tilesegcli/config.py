@@ -78,6 +78,7 @@ class RunConfig:
     overlap: int | None = None
     batch_size: int = 8
     num_workers: int = 2
+    model_threads: int = 1  # batches in the model at once (CPU: each gets 1/K of the threads)
     device: str = "auto"
     flips: int | None = None  # test-time flip passes of instance cards (None = the card's)
     workdir: Path | None = None

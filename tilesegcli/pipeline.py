@@ -235,5 +235,6 @@ def _infer(reader: Any, plan: Plan, segmenter: Segmenter, store: TileStore, todo
 
     tiles = [store.tile(i) for i in todo]
     return run_tiles(segmenter, tiles, read, write, batch_size=config.batch_size,
-                     num_workers=config.num_workers, progress=progress_mode(config.quiet),
+                     num_workers=config.num_workers, model_threads=config.model_threads,
+                     progress=progress_mode(config.quiet),
                      desc=desc, progress_every_s=config.progress_every_s)

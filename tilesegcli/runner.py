@@ -2,13 +2,16 @@
 
 ``run_tiles`` owns the three-stage pipeline of one slide's pending tiles:
 
-    reader threads (``num_workers``)  ->  queue of batches  ->  main thread: predict_batch
+    reader threads (``num_workers``)  ->  queue of batches  ->  model thread(s): predict_batch
                                                           ->  writer thread: store.write_tile
 
 Reading/decoding (OpenSlide, tifffile, JPEG) and zarr encoding release the GIL, as does torch's
 forward, so the three stages run concurrently on separate cores. Queues are bounded, so memory
-stays at a few batches whatever the slide size. Only the main thread calls the model.
-It also resolves ``--device``. Progress: a tqdm bar on a terminal, log lines elsewhere
+stays at a few batches whatever the slide size. By default the main thread calls the model;
+``model_threads`` K > 1 runs K batches at once, each on its own thread with 1/K of torch's
+intra-op threads: a 128 px tile is too small for one forward to keep many cores busy (most of
+its ops are small), while whole batches in parallel scale with the cores. Results are written in
+tile order whatever K. Progress: a tqdm bar on a terminal, log lines elsewhere
 (tilesegcli.progress).
 """
 
@@ -61,18 +64,28 @@ def run_tiles(
     progress: str | None = None,
     desc: str = "",
     progress_every_s: float = 30.0,
+    model_threads: int = 1,
 ) -> RunStats:
     """Run ``segmenter`` over ``tiles`` (in order) and hand each result to ``write_tile``.
 
     ``progress``: None, ``"bar"`` (tqdm) or ``"lines"`` (a log line every ``progress_every_s``
     seconds and every tenth of the tiles; see tilesegcli.progress.progress_mode).
 
+    ``model_threads``: batches computed at once (see the module docstring); results are still
+    handed to ``write_tile`` in tile order.
+
     Raises whatever a stage raised (the first error wins); results already handed to the writer
     are written before returning or raising, so an interrupted run loses at most the batch in
-    the model.
+    the model (``model_threads`` batches with several model threads).
     """
     if batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
+    if model_threads < 1:
+        raise UsageError("--model-threads must be >= 1")
+    if model_threads > 1:
+        return _run_parallel(segmenter, tiles, read_tile, write_tile, batch_size=batch_size,
+                             num_workers=num_workers, progress=progress, desc=desc,
+                             progress_every_s=progress_every_s, model_threads=model_threads)
     stats = RunStats()
     t_start = time.perf_counter()
     batches = [list(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
@@ -87,15 +100,7 @@ def run_tiles(
     # over only once the writer has stored the previous one, so a kill -9 loses <= 1 batch.
     slot = threading.Semaphore(1)
 
-    bar: Any = None
-    if progress == "bar":
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(tiles), desc=desc, unit="tile", file=sys.stderr, leave=False)
-    elif progress == "lines":
-        from tilesegcli.progress import LineProgress
-
-        bar = LineProgress(len(tiles), desc, every_s=progress_every_s)
+    bar = _progress_bar(progress, len(tiles), desc, progress_every_s)
 
     def put(q: queue.Queue, item: object) -> bool:
         while not stop.is_set():
@@ -179,6 +184,18 @@ def run_tiles(
     return stats
 
 
+def _progress_bar(progress: str | None, total: int, desc: str, every_s: float) -> Any:
+    if progress == "bar":
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=desc, unit="tile", file=sys.stderr, leave=False)
+    if progress == "lines":
+        from tilesegcli.progress import LineProgress
+
+        return LineProgress(total, desc, every_s=every_s)
+    return None
+
+
 def stop_reading(stop: threading.Event, q_in: queue.Queue) -> None:
     stop.set()
     try:
@@ -208,3 +225,159 @@ def _forward(
     stats.batch_sizes.append(len(batch))
     slot.acquire()  # released by the writer when the previous batch is stored (or it died)
     q_out.put((batch, results))
+
+
+def _run_parallel(
+    segmenter: Segmenter,
+    tiles: Sequence[TileSpec],
+    read_tile: Callable[[TileSpec], np.ndarray],
+    write_tile: Callable[[TileSpec, TileResult], None],
+    *,
+    batch_size: int,
+    num_workers: int,
+    progress: str | None,
+    desc: str,
+    progress_every_s: float,
+    model_threads: int,
+) -> RunStats:
+    """``run_tiles`` with ``model_threads`` K > 1 batches in the model at once.
+
+    A model thread takes a slot before it takes a batch and the writer gives the slot back once
+    that batch is stored, so at most K batches are read-but-unwritten: a kill loses <= K. The
+    writer stores batches in order (it holds later ones until the earlier ones arrive); the
+    lowest unwritten batch is always in a model thread that holds its slot, so nobody waits on
+    a slot forever.
+    """
+    stats = RunStats()
+    t_start = time.perf_counter()
+    batches = [list(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
+    if not batches:
+        return stats
+    stop = threading.Event()
+    read_errors: list[BaseException] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    q_in: queue.Queue = queue.Queue(maxsize=max(2, num_workers + model_threads))
+    q_out: queue.Queue = queue.Queue()
+    slots = threading.Semaphore(model_threads)
+    bar = _progress_bar(progress, len(tiles), desc, progress_every_s)
+
+    def produce(pool: ThreadPoolExecutor) -> None:
+        try:
+            for seq, batch in enumerate(batches):
+                if stop.is_set():
+                    return
+                imgs = np.stack(list(pool.map(read_tile, batch)))
+                while not stop.is_set():
+                    try:
+                        q_in.put((seq, batch, imgs), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            read_errors.append(e)
+        finally:
+            while not stop.is_set():  # after a stop nobody waits for the end mark
+                try:
+                    q_in.put(_END, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    def compute() -> None:
+        try:
+            while not stop.is_set():
+                if not slots.acquire(timeout=0.1):
+                    continue
+                item = None
+                while item is None and not stop.is_set():
+                    try:
+                        item = q_in.get(timeout=0.1)
+                    except queue.Empty:
+                        continue
+                if item is None or item is _END:
+                    slots.release()
+                    if item is _END:
+                        q_in.put(_END)  # for the other model threads
+                    return
+                seq, batch, imgs = item
+                t0 = time.perf_counter()
+                results = segmenter.predict_batch(imgs)
+                dt = time.perf_counter() - t0
+                if len(results) != len(batch):
+                    raise TilesegError(
+                        f"segmenter {getattr(segmenter, 'name', '?')} returned {len(results)} "
+                        f"results for a batch of {len(batch)}")
+                with lock:
+                    stats.forward_s += dt
+                    stats.batches += 1
+                    stats.batch_sizes.append(len(batch))
+                q_out.put((seq, batch, results))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+            stop.set()
+
+    def consume() -> None:
+        pending: dict[int, tuple[list[TileSpec], list[TileResult]]] = {}
+        nxt = 0
+        try:
+            while True:
+                item = q_out.get()
+                if item is _END:
+                    return
+                seq, batch, results = item
+                pending[seq] = (batch, results)
+                while nxt in pending:
+                    for tile, res in zip(*pending.pop(nxt), strict=True):
+                        write_tile(tile, res)
+                        stats.tiles += 1
+                        if bar is not None:
+                            bar.update(1)
+                    nxt += 1
+                    slots.release()
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+            stop.set()
+            while q_out.get() is not _END:
+                pass
+
+    restore = _split_torch_threads(model_threads)
+    pool = ThreadPoolExecutor(max_workers=max(1, num_workers))
+    producer = threading.Thread(target=produce, args=(pool,), daemon=True, name="tile-reader")
+    writer = threading.Thread(target=consume, daemon=True, name="tile-writer")
+    workers = [threading.Thread(target=compute, daemon=True, name=f"tile-model-{i}")
+               for i in range(model_threads)]
+    writer.start()
+    producer.start()
+    for w in workers:
+        w.start()
+    try:
+        for w in workers:
+            w.join()
+    finally:
+        stop.set()
+        stop_reading(stop, q_in)
+        for w in workers:
+            w.join()
+        q_out.put(_END)
+        writer.join()
+        producer.join()
+        pool.shutdown(wait=True, cancel_futures=True)
+        restore()
+        if bar is not None:
+            bar.close()
+        stats.wall_s = time.perf_counter() - t_start
+    if errors or read_errors:
+        raise (errors or read_errors)[0]
+    return stats
+
+
+def _split_torch_threads(model_threads: int) -> Callable[[], None]:
+    """Give each of ``model_threads`` concurrent forwards 1/K of torch's intra-op threads (torch
+    is only touched when a model already imported it); returns the function that restores."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return lambda: None
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, before // model_threads))
+    return lambda: torch.set_num_threads(before)

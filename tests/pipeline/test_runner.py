@@ -22,12 +22,13 @@ def _read(t):
     return rng.integers(0, 255, (t.h, t.w, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize(("workers", "batch"), [(0, 4), (1, 1), (3, 7)])
-def test_every_tile_once_in_order(workers, batch):
+@pytest.mark.parametrize(("workers", "batch", "model_threads"),
+                         [(0, 4, 1), (1, 1, 1), (3, 7, 1), (1, 1, 3), (2, 3, 2), (0, 4, 2)])
+def test_every_tile_once_in_order(workers, batch, model_threads):
     seg = SimpleSegmenter(tile_size=64, overlap=8)
     seen = []
     stats = run_tiles(seg, TILES, _read, lambda t, r: seen.append((t.index, r)),
-                      batch_size=batch, num_workers=workers)
+                      batch_size=batch, num_workers=workers, model_threads=model_threads)
     assert [i for i, _ in seen] == [t.index for t in TILES]
     assert stats.tiles == len(TILES) and sum(stats.batch_sizes) == len(TILES)
     assert max(stats.batch_sizes) <= batch and stats.forward_s > 0
@@ -63,13 +64,56 @@ def test_read_error_propagates_after_flushing_finished_tiles():
     assert len(written) == 12  # every batch read before the failing one was still run
 
 
-def test_writer_error_propagates():
+class _Slow(SimpleSegmenter):
+    """Sleeps a different time per batch, so that batches finish out of order."""
+
+    def predict_batch(self, tiles):
+        import time
+
+        time.sleep(0.002 * max(0, 20 - int(tiles[0, 0, 0, 0]) % 20))
+        return super().predict_batch(tiles)
+
+
+def test_model_threads_write_in_tile_order_and_compute_at_once():
+    names, seen = set(), []
+    seg = _Slow(tile_size=64, overlap=8)
+    orig = seg.predict_batch
+
+    def predict(tiles):
+        names.add(threading.current_thread().name)
+        return orig(tiles)
+
+    seg.predict_batch = predict  # type: ignore[method-assign]
+    stats = run_tiles(seg, TILES, _read, lambda t, r: seen.append(t.index), batch_size=2,
+                      num_workers=2, model_threads=3)
+    assert seen == [t.index for t in TILES] and stats.tiles == len(TILES)
+    assert len(names) > 1 and threading.main_thread().name not in names
+
+
+@pytest.mark.parametrize("model_threads", [1, 3])
+def test_read_error_with_model_threads_writes_a_prefix(model_threads):
+    written = []
+
+    def read(t):
+        if t.index == 13:
+            raise SlideReadError("slide.svs: cannot read tile")
+        return _read(t)
+
+    with pytest.raises(SlideReadError):
+        run_tiles(SimpleSegmenter(tile_size=64), TILES, read, lambda t, r: written.append(t.index),
+                  batch_size=4, num_workers=2, model_threads=model_threads)
+    assert written == list(range(12))
+
+
+@pytest.mark.parametrize("model_threads", [1, 2])
+def test_writer_error_propagates(model_threads):
     def write(t, r):
         if t.index == 2:
             raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        run_tiles(SimpleSegmenter(tile_size=64), TILES, _read, write, batch_size=2, num_workers=1)
+        run_tiles(SimpleSegmenter(tile_size=64), TILES, _read, write, batch_size=2, num_workers=1,
+                  model_threads=model_threads)
 
 
 class _Wrong:
@@ -79,15 +123,19 @@ class _Wrong:
         return []
 
 
-def test_wrong_result_count_is_an_error():
+@pytest.mark.parametrize(("workers", "model_threads"), [(0, 1), (1, 2), (0, 2)])
+def test_wrong_result_count_is_an_error(workers, model_threads):
     with pytest.raises(TilesegError, match="returned 0 results"):
-        run_tiles(_Wrong(), TILES[:3], _read, lambda t, r: None, batch_size=3, num_workers=0)
+        run_tiles(_Wrong(), TILES[:3], _read, lambda t, r: None, batch_size=1,
+                  num_workers=workers, model_threads=model_threads)
 
 
 def test_empty_and_bad_batch_size():
     assert run_tiles(_Wrong(), [], _read, lambda t, r: None).tiles == 0
     with pytest.raises(UsageError):
         run_tiles(_Wrong(), TILES, _read, lambda t, r: None, batch_size=0)
+    with pytest.raises(UsageError):
+        run_tiles(_Wrong(), TILES, _read, lambda t, r: None, model_threads=0)
 
 
 def test_resolve_device():

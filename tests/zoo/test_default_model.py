@@ -77,3 +77,21 @@ def test_default_model_leaves_no_seam_artefacts_on_real_slide(tmp_path: Path, on
     assert audit["below_min_area"] == 0 and audit["multipolygon_specks"] == 0, audit
     assert audit["multipolygons"] <= 0.01 * audit["objects"], audit
     assert audit["overlapping_pairs"] == 0, audit
+
+
+def test_model_threads_give_the_same_output(tmp_path: Path, one_thread: None,
+                                            feature_set) -> None:
+    """Two batches in the real model at once (two threads) write exactly what one thread does."""
+    if DEFAULT_MODEL not in card_names() or not SLIDE.exists():
+        pytest.skip("default model or bundled slide not present")
+    from tilesegcli import predict
+
+    roi = _roi(tmp_path, (1000, 1600, 1120, 1720))
+    outs = []
+    for k in (1, 2):
+        out = tmp_path / f"k{k}.geojson"
+        [r] = predict(SLIDE, model=DEFAULT_MODEL, output=out, roi=roi, model_threads=k,
+                      batch_size=2, flips=1)
+        assert r.status == "done" and r.tiles_computed >= 4, (r.error, r.tiles_computed)
+        outs.append(feature_set(out))
+    assert outs[0] and outs[0] == outs[1]

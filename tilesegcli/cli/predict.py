@@ -84,6 +84,9 @@ class _PredictCommand(click.Command):
               help="Tiles per model call.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=None,
               help="Tile reading threads (default: min(4, available cores); 0 = inline).")
+@click.option("--model-threads", type=click.IntRange(min=1), default=None,
+              help="Batches computed at once on the CPU, each with its share of the cores "
+                   "(default: 1; try the number of cores for small tiles).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--flips", type=click.Choice(["1", "2", "4", "8"]), default=None,
               help="Test-time flips of instance models: passes per tile, merged by mask voting "
@@ -110,7 +113,8 @@ class _PredictCommand(click.Command):
 def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
             input_list: str | None, model: str, weights: str | None, mpp: float | None,
             backend: str, roi: Path | None, no_mask: bool, tile_size: int | None,
-            overlap: int | None, batch_size: int, num_workers: int | None, device: str,
+            overlap: int | None, batch_size: int, num_workers: int | None,
+            model_threads: int | None, device: str,
             flips: str | None, workdir: Path | None, shard: tuple[int, int], overwrite: bool,
             force: bool, fmt: str | None,
             labels: Path | None, min_area: float | None, simplify: float | None,
@@ -152,7 +156,8 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
 def _run(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
          input_list: str | None, model: str, weights: str | None, mpp: float | None,
          backend: str, roi: Path | None, no_mask: bool, tile_size: int | None,
-         overlap: int | None, batch_size: int, num_workers: int | None, device: str,
+         overlap: int | None, batch_size: int, num_workers: int | None,
+         model_threads: int | None, device: str,
          flips: str | None, workdir: Path | None, shard: tuple[int, int], overwrite: bool,
          force: bool,
          fmt: str | None, labels: Path | None, min_area: float | None, simplify: float | None,
@@ -173,6 +178,7 @@ def _run(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
         weights=weights, mpp=mpp, backend=backend, roi=roi, no_mask=no_mask,
         tile_size=tile_size, overlap=overlap, batch_size=batch_size,
         num_workers=default_num_workers() if num_workers is None else num_workers,
+        model_threads=1 if model_threads is None else model_threads,
         device=device, flips=None if flips is None else int(flips), workdir=workdir,
         shard=shard, overwrite=overwrite, force=force,
         format=fmt, labels=labels, min_area=min_area, simplify=simplify, quiet=quiet,
