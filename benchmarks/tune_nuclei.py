@@ -20,13 +20,15 @@ import tempfile
 import time
 from pathlib import Path
 
-KEYS = {"tile": int, "overlap": int, "views": int, "thr": float, "gate": float, "pe": float}
+KEYS = {"tile": int, "overlap": int, "views": int, "thr": float, "gate": float, "pe": float,
+        "agree": float}
 
 
 def parse_config(text: str) -> dict:
-    """'tile=128,overlap=16,views=2[,thr=0.6][,gate=0.5][,pe=31]' (thr: score threshold, gate:
-    foreground gate, pe: fixed position-embedding extent; all default to the card's)."""
-    cfg: dict = {"thr": None, "gate": None, "pe": None}
+    """'tile=128,overlap=16,views=2[,thr=0.6][,gate=0.5][,pe=31][,agree=0.9]' (thr: score
+    threshold, gate: foreground gate, pe: fixed position-embedding extent, agree: the views'
+    early-stop agreement; all default to the card's)."""
+    cfg: dict = {"thr": None, "gate": None, "pe": None, "agree": None}
     for part in text.split(","):
         k, _, v = part.partition("=")
         if k not in KEYS or not v:
@@ -45,8 +47,8 @@ def run_config(seg, cfg: dict, items: list[dict], work: Path) -> dict:
     saved = head.pixel_decoder.pe_extent, seg.flip_views, dict(post)
     if cfg["pe"] is not None:
         head.pixel_decoder.pe_extent = head.predictor.pe_extent = cfg["pe"]
-    changed = {k: cfg[c] for c, k in (("thr", "score_threshold"), ("gate", "fg_gate"))
-               if cfg[c] is not None}
+    changed = {k: cfg[c] for c, k in (("thr", "score_threshold"), ("gate", "fg_gate"),
+                                      ("agree", "view_agreement")) if cfg[c] is not None}
     object.__setattr__(seg.card, "postprocess", {**post, **changed})
     seg.flip_views = cfg["views"]
     name = "_".join(f"{k}{v}" for k, v in sorted(cfg.items()))
@@ -54,6 +56,8 @@ def run_config(seg, cfg: dict, items: list[dict], work: Path) -> dict:
     pred.mkdir(parents=True)
     gt.mkdir(parents=True)
     forward = total = 0.0
+    tiles = 0
+    seg.views_run = 0
     try:
         for it in items:
             t0 = time.perf_counter()
@@ -63,6 +67,7 @@ def run_config(seg, cfg: dict, items: list[dict], work: Path) -> dict:
                              quiet=True, raise_errors=True)
             total += time.perf_counter() - t0
             forward += float(res.timings.get("forward_s", 0.0))
+            tiles += res.tiles_computed
             ann = Path(it["annotation"])
             (gt / f"{it['name']}{ann.suffix}").symlink_to(ann.resolve())
     finally:
@@ -72,7 +77,9 @@ def run_config(seg, cfg: dict, items: list[dict], work: Path) -> dict:
     from tilesegcli.eval.evaluate import evaluate
 
     scores = evaluate(pred, gt, size=(1000, 1000)).overall()["mean"]
-    return {**cfg, "scores": scores, "forward_s": forward, "total_s": total}
+    views = seg.views_run / tiles if seg.views_run else float(cfg["views"])
+    return {**cfg, "scores": scores, "forward_s": forward, "total_s": total,
+            "views_per_tile": views}
 
 
 def main() -> None:
@@ -96,7 +103,8 @@ def main() -> None:
             s = row["scores"]
             print(f"{text:>36}  PQ {s.get('pq', float('nan')):.4f}  AJI {s.get('aji', float('nan')):.4f}"
                   f"  F1 {s.get('f1', float('nan')):.4f}  forward {row['forward_s']:6.1f} s"
-                  f"  total {row['total_s']:6.1f} s", flush=True)
+                  f"  total {row['total_s']:6.1f} s  views/tile {row['views_per_tile']:.2f}",
+                  flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
 

@@ -119,3 +119,68 @@ def test_bundled_model_eight_views_transpose_equivariant(one_thread: None) -> No
     rb = seg.predict_batch(np.ascontiguousarray(rect.transpose(1, 0, 2))[None])[0].labels.T > 0
     assert ra.shape == (128, 96) and ra.sum() > 300
     assert (ra & rb).sum() / (ra | rb).sum() > 0.98
+
+
+def test_copies_of_two_views_vote_like_two_views() -> None:
+    """An early-stopped tile fills views 2..V-1 with copies of views 0 and 1; the vote over those
+    V slots equals the vote over the two views (scores and masks)."""
+    g = torch.Generator().manual_seed(0)
+    lg = torch.randn(2 * 6, 3, generator=g) * 2
+    mk = torch.randn(2 * 6, 8, 8, generator=g) * 3
+    p2, m2 = vote_views(lg, mk, views=2)
+    q = 6
+    lg4 = torch.cat([lg[:q], lg[q:], lg[:q], lg[q:]])
+    mk4 = torch.cat([mk[:q], mk[q:], mk[:q], mk[q:]])
+    p4, m4 = vote_views(lg4, mk4, views=4)
+    assert len(p2) > 1
+    torch.testing.assert_close(p4, p2)
+    torch.testing.assert_close(m4, m2)
+
+
+def test_view_agreement_counts_matched_detections() -> None:
+    from tilesegcli.nn.postprocess import view_agreement
+
+    m = torch.full((3, 8, 8), -5.0)
+    m[0, :4, :4] = 5  # object A
+    m[1, 4:, 4:] = 5  # object B
+    m[2, :4, 4:] = 5  # object C
+    sure, unsure = _logits([0.9, 0.9, 0.9]), _logits([0.9, 0.9, 0.1])
+    assert view_agreement(sure, m, sure, m, 0.5) == 1.0
+    assert view_agreement(sure, m, unsure, m, 0.5) == pytest.approx(2 * 2 / 5)  # C in one view
+    none = _logits([0.1, 0.1, 0.1])
+    assert view_agreement(none, m, none, m, 0.5) == 1.0  # nothing in either: they agree
+    assert view_agreement(sure, m, none, m, 0.5) == 0.0
+
+
+def test_early_stop_views_on_the_bundled_model(one_thread: None) -> None:
+    """view_agreement a: tiles whose first two views agree (F1 >= a) skip the other views. With
+    a above 1 every tile runs all views and the output is the plain 4-view output; with a tiny
+    one every tile stops after two views and its output is the 2-view output."""
+    seg, tile = _default_segmenter_and_tile(4)
+    tiles = np.stack([tile, tile[::-1], np.full_like(tile, 240)])  # the last: blank glass
+    plain = seg.predict_batch(tiles)
+    post = dict(seg.card.postprocess)
+    try:
+        object.__setattr__(seg.card, "postprocess", {**post, "view_agreement": 1.5})
+        seg.views_run = 0
+        full = seg.predict_batch(tiles)
+        assert seg.views_run == 3 * 4
+        for a, b in zip(plain, full, strict=True):
+            np.testing.assert_array_equal(a.labels, b.labels)
+        object.__setattr__(seg.card, "postprocess", {**post, "view_agreement": 0.01})
+        seg.views_run = 0
+        early = seg.predict_batch(tiles)
+        assert seg.views_run == 3 * 2
+        ref = load_two_view_segmenter().predict_batch(tiles)
+        assert len(ref[0].instance_scores) >= 3
+        for a, b in zip(ref, early, strict=True):
+            np.testing.assert_array_equal(a.labels, b.labels)
+            np.testing.assert_allclose(a.instance_scores, b.instance_scores, rtol=1e-5)
+    finally:
+        object.__setattr__(seg.card, "postprocess", post)
+
+
+def load_two_view_segmenter():  # noqa: ANN201
+    from tilesegcli.zoo import DEFAULT_MODEL, load_segmenter
+
+    return load_segmenter(DEFAULT_MODEL, device="cpu", flip_views=2)

@@ -108,6 +108,9 @@ class AFFSegmenter:
         self.mask_stride = int(getattr(getattr(model, "sem_seg_head", None), "mask_stride", 4))
         #: test-time flips (instance cards): passes per tile, merged by ``vote_views``
         self.flip_views = int(card.postprocess.get("flip_views", 1)) if card.task == "instance" else 1
+        #: tile views computed so far by a multi-view card (with ``view_agreement``, fewer than
+        #: tiles x flip_views); a statistic for benchmarks, not exact under several model threads
+        self.views_run = 0
         from tilesegcli.nn.postprocess import VIEW_COUNTS
 
         if self.flip_views not in VIEW_COUNTS:
@@ -157,34 +160,70 @@ class AFFSegmenter:
             return head.decode(pd, with_aux=False, images=x)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        if self.flip_views == 1:
-            return self._forward_once(x)
+        """(B, V*Q, K+1) logits, (B, V*Q, h, w) masks of the V views mapped back to the tile,
+        the views' foreground maps averaged (B, h', w') or None.
+
+        With ``postprocess.view_agreement`` a > 0 (and V >= 4), every tile first gets views 0
+        and 1 (as is, flipped left-right); only the tiles where these two disagree (detection F1
+        below a, :func:`view_agreement`) get the other V - 2. A tile that stopped early carries
+        copies of its two views in the other slots, which :func:`vote_views` merges exactly as
+        it merges two views (each copy adds the same vote, the mean is unchanged)."""
         from tilesegcli.nn.postprocess import view_transforms
 
-        # B x V flipped (and, for 8 views, transposed) copies in one batch per orientation;
-        # each view's masks mapped back, the views' candidates concatenated per tile:
-        # (B, V*Q, K+1), (B, V*Q, h, w); foreground maps mapped back and averaged: (B, h', w')
+        if self.flip_views == 1:
+            return self._forward_once(x)
+        views = view_transforms(self.flip_views)
+        a = float(self.card.postprocess.get("view_agreement", 0.0))
+        if a <= 0 or self.flip_views < 4:
+            lg, mk, fg = self._forward_views(x, views)
+            self.views_run += len(views) * x.shape[0]
+            return torch.cat(lg, 1), torch.cat(mk, 1), None if fg is None else fg.mean(0)
+        from tilesegcli.nn.postprocess import view_agreement
+
+        lg, mk, fg = self._forward_views(x, views[:2])
+        thr = float(self.card.postprocess.get("score_threshold", 0.5))
+        more = torch.tensor([view_agreement(lg[0][i], mk[0][i], lg[1][i], mk[1][i], thr) < a
+                             for i in range(x.shape[0])], dtype=torch.bool)
+        lg = lg + [lg[i % 2].clone() for i in range(2, len(views))]
+        mk = mk + [mk[i % 2].clone() for i in range(2, len(views))]
+        fgs = None if fg is None else torch.cat([fg, fg[torch.arange(2, len(views)) % 2]])
+        if bool(more.any()):
+            lg2, mk2, fg2 = self._forward_views(x[more], views[2:])
+            for j in range(len(views) - 2):
+                lg[2 + j][more], mk[2 + j][more] = lg2[j], mk2[j]
+                if fgs is not None and fg2 is not None:
+                    fgs[2 + j][more] = fg2[j]
+        self.views_run += 2 * x.shape[0] + (len(views) - 2) * int(more.sum())
+        return torch.cat(lg, 1), torch.cat(mk, 1), None if fgs is None else fgs.mean(0)
+
+    def _forward_views(self, x: torch.Tensor, views: list[tuple[bool, tuple[int, ...]]]
+                       ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
+        """Each of ``views`` (transposed?, flipped dims) of the B tiles, mapped back: lists of
+        (B, Q, K+1) logits and (B, Q, h, w) masks, and (V, B, h', w') foreground maps or None.
+        One batch of B x (views) copies per orientation."""
         b = x.shape[0]
-        lg: list[torch.Tensor] = []
-        mk: list[torch.Tensor] = []
-        fgs: list[torch.Tensor] = []
+        out: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
         for transposed in (False, True):
-            views = [d for t, d in view_transforms(self.flip_views) if t == transposed]
-            if not views:
+            idx = [i for i, (t, _) in enumerate(views) if t == transposed]
+            if not idx:
                 continue
             xt = x.transpose(2, 3) if transposed else x
-            logits, masks, fg = self._forward_once(torch.cat([xt.flip(d) if d else xt for d in views]))
-            for i, d in enumerate(views):
-                m = masks[i * b:(i + 1) * b]
+            flips = [views[i][1] for i in idx]
+            logits, masks, fg = self._forward_once(torch.cat([xt.flip(d) if d else xt
+                                                              for d in flips]))
+            for n, (i, d) in enumerate(zip(idx, flips, strict=True)):
+                m = masks[n * b:(n + 1) * b]
                 m = m.flip(d) if d else m
-                lg.append(logits[i * b:(i + 1) * b])
-                mk.append(m.transpose(2, 3) if transposed else m)
+                f = None
                 if fg is not None:
-                    f = fg[i * b:(i + 1) * b]
+                    f = fg[n * b:(n + 1) * b]
                     f = f.flip([k - 1 for k in d]) if d else f  # (B, h, w): one dim fewer
-                    fgs.append(f.transpose(1, 2) if transposed else f)
-        fg_mean = torch.stack(fgs).mean(0) if fgs else None
-        return torch.cat(lg, 1), torch.cat(mk, 1), fg_mean
+                    f = f.transpose(1, 2) if transposed else f
+                out[i] = (logits[n * b:(n + 1) * b], m.transpose(2, 3) if transposed else m, f)
+        order = [out[i] for i in range(len(views))]
+        fgs = [o[2] for o in order]
+        fg_all = torch.stack(fgs) if all(f is not None for f in fgs) else None  # type: ignore[misc]
+        return [o[0] for o in order], [o[1] for o in order], fg_all
 
     def _forward_once(self, x: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
