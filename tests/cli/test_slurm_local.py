@@ -29,7 +29,8 @@ from tilesegcli import synthetic
 from tilesegcli.store import TileStore
 
 ROOT = Path(__file__).resolve().parents[2]
-DAEMONS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scancel")
+DAEMONS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scancel",
+           "scontrol")
 START_TIMEOUT_S = 60
 
 
