@@ -17,6 +17,7 @@ tile order whatever K. Progress: a tqdm bar on a terminal, log lines elsewhere
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sys
@@ -34,6 +35,7 @@ from tilesegcli.segmenter import Segmenter, TileResult
 from tilesegcli.specs import TileSpec
 
 _END = object()
+log = logging.getLogger("tileseg")
 
 
 @dataclass
@@ -148,6 +150,7 @@ def run_tiles(
     writer.start()
     if pool is not None:
         producer.start()
+    finished = False
     try:
         if pool is None:  # no background reading: read inline, same order
             for batch in batches:
@@ -169,6 +172,7 @@ def run_tiles(
                 _forward(segmenter, item[0], item[1], stats, q_out, slot)
                 if errors:
                     break
+        finished = not (errors or read_errors)
     finally:
         stop_reading(stop, q_in)
         q_out.put(_END)
@@ -179,6 +183,10 @@ def run_tiles(
         if bar is not None:
             bar.close()
         stats.wall_s = time.perf_counter() - t_start
+        if not finished:  # interrupted (SIGTERM, Ctrl-C) or failed: what a rerun redoes
+            log.info("%s: stopped with %d of %d tile(s) stored by this run; %d tile(s) the model "
+                     "had finished were not stored (a rerun computes them again)", desc or "run",
+                     stats.tiles, len(tiles), sum(stats.batch_sizes) - stats.tiles)
     if errors or read_errors:
         raise (errors or read_errors)[0]
     return stats

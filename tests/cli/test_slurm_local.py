@@ -3,6 +3,7 @@ as the current user from a private config, then ``sbatch --wait`` over
 
 * examples/slurm_array.sbatch: one synthetic slide split over a 4-task array (``--shard slurm``),
 * the README's one-slide-per-task recipe over 3 slides,
+* a job killed with ``scancel`` part-way and resubmitted (the store keeps its finished tiles),
 
 each compared with a single-process run. Skipped when slurm-wlm/munge are not installed
 (``apt-get install slurm-wlm munge``); every daemon and job is stopped afterwards."""
@@ -12,6 +13,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -24,9 +26,11 @@ from pathlib import Path
 import pytest
 
 from tilesegcli import synthetic
+from tilesegcli.store import TileStore
 
 ROOT = Path(__file__).resolve().parents[2]
-DAEMONS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scancel")
+DAEMONS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scancel",
+           "scontrol")
 START_TIMEOUT_S = 60
 
 
@@ -218,3 +222,105 @@ def test_one_slide_per_task_recipe_over_3_slides(slurm, tmp_path, feature_set):
         assert sl["tiles_computed"] == sl["tiles_selected"] == sl["tiles_shard"]  # whole slide
         assert feature_set(tmp_path / "results" / f"{s.stem}.geojson") == \
             feature_set(tmp_path / "ref" / f"{s.stem}.geojson")
+
+
+def _job_state(cluster: LocalSlurm, job: str) -> dict[str, str]:
+    """``scontrol show job`` as key -> value (the record stays MinJobAge = 300 s after the end)."""
+    r = subprocess.run(["scontrol", "-o", "show", "job", job], env=cluster.env,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return dict(kv.split("=", 1) for kv in r.stdout.split() if "=" in kv)
+
+
+def _wait_state(cluster: LocalSlurm, job: str, states: set[str], timeout: float = 120
+                ) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while (info := _job_state(cluster, job))["JobState"] not in states:
+        assert time.monotonic() < deadline, (info, cluster.logs())
+        time.sleep(0.05)
+    return info
+
+
+def _wait_gone(cluster: LocalSlurm, job: str, timeout: float = 120) -> None:
+    """Until squeue no longer lists the job (also not COMPLETING: its processes have ended)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], env=cluster.env,
+                           capture_output=True, text=True, timeout=30)
+        if r.returncode == 0 and not r.stdout.strip():
+            return
+        assert time.monotonic() < deadline, (r.stdout, r.stderr, cluster.logs())
+        time.sleep(0.05)
+
+
+def _tiles_done(store: Path) -> int:
+    if not (store / "zarr.json").is_file():  # not created yet (the task is still starting)
+        return 0
+    s = TileStore.open(store)
+    return int(s.selected.sum()) - s.remaining()
+
+
+BATCH = 2  # tiles per model call: small, so the job runs for seconds (103 tiles, about 7 s of
+# inference here) and the batches a SIGTERM may lose or flush are small against the count
+
+
+def test_scancel_then_resubmit_resumes_without_losing_or_redoing_tiles(
+        slurm, tmp_path, feature_set, tmp_leftovers):
+    slide = synthetic.write_slide_tiff(tmp_path / "big3.svs",
+                                       synthetic.tissue_like(3600, 3000, seed=7, n_blobs=6),
+                                       kind="svs", mpp=0.5, tile=256)
+    _single_run(slide, "-o", tmp_path / "ref" / "ref.geojson", env=slurm.env)
+    out, store = tmp_path / "out" / "big3.geojson", tmp_path / "out" / "big3.geojson.tiles.zarr"
+    job = tmp_path / "one.sbatch"  # exec: see examples/slurm_array.sbatch
+    job.write_text("#!/bin/bash\nset -euo pipefail\n"
+                   f"exec tileseg predict {slide} -o {out} --model simple --batch-size {BATCH} "
+                   "--num-workers 1 --summary run.json\n")
+    sub = subprocess.run(["sbatch", "--parsable", "--cpus-per-task=1", "--mem=200M",
+                          f"--chdir={tmp_path}", f"--output={tmp_path}/first.log", str(job)],
+                         env=slurm.env, capture_output=True, text=True, timeout=60)
+    assert sub.returncode == 0, (sub.stderr, slurm.logs())
+    first = sub.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 240
+    while _tiles_done(store) < 4:  # some tiles finished (a few batches in)
+        state = _job_state(slurm, first)["JobState"]
+        assert state in ("PENDING", "CONFIGURING", "RUNNING"), (state, slurm.logs())
+        assert time.monotonic() < deadline, "the job made no progress"
+        time.sleep(0.02)
+    done_at_kill = _tiles_done(store)
+    subprocess.run(["scancel", first], env=slurm.env, check=True, timeout=30)
+    info = _wait_state(slurm, first, {"CANCELLED", "COMPLETED", "FAILED"})
+    _wait_gone(slurm, first)  # the state changes at once; the task's processes end after it
+    log_first = (tmp_path / "first.log").read_text()
+    assert info["JobState"] == "CANCELLED", (info, log_first)
+    done_after_kill = _tiles_done(store)
+    selected = int(TileStore.open(store).selected.sum())
+    # scancel's SIGTERM unwinds the task: it stores what the model had finished and says so
+    m = re.search(r"stopped with (\d+) of (\d+) tile\(s\) stored by this run; (\d+) tile\(s\) "
+                  r"the model had finished were not stored", log_first)
+    assert m and "Traceback" not in log_first, log_first
+    stored, todo, not_stored = map(int, m.groups())
+    assert todo == selected and stored == done_after_kill  # the store began empty
+    assert not_stored <= BATCH  # finished model work thrown away: at most one batch
+    # nothing finished is lost; after the count was read the task could still store the rest of
+    # the batch being written and the one handed over before SIGTERM arrived
+    assert done_at_kill <= done_after_kill <= done_at_kill + 2 * BATCH < selected
+    assert info["ExitCode"] == "130:0", info  # tileseg's own exit status for an interrupt
+    assert not out.exists() and not (tmp_path / "run.json").exists()  # no output, no summary
+    assert tmp_leftovers(tmp_path / "out") == []  # the streaming merge's temp output is gone
+
+    p = slurm.sbatch_wait(f"--output={tmp_path}/second.log", str(job), cwd=tmp_path)
+    assert p.returncode == 0, (p.stdout, p.stderr, (tmp_path / "second.log").read_text())
+    summary = json.loads((tmp_path / "run.json").read_text())
+    sl = summary["slides"][0]
+    assert summary["exit_code"] == 0 and summary["complete"] and sl["status"] == "done"
+    assert sl["tiles_selected"] == sl["tiles_done"] == selected
+    # the resubmission computes exactly the tiles the killed task had not stored (no stored
+    # tile twice), which is what was pending when scancel came less the batches flushed
+    assert sl["tiles_computed"] == selected - done_after_kill
+    assert selected - done_at_kill - 2 * BATCH <= sl["tiles_computed"] <= selected - done_at_kill
+    assert feature_set(out) == feature_set(tmp_path / "ref" / "ref.geojson")
+    assert tmp_leftovers(tmp_path / "out") == []
+    assert "stopped with" not in (tmp_path / "second.log").read_text()
+    print(f"selected={selected} done_at_kill={done_at_kill} done_after_kill={done_after_kill} "
+          f"not_stored={not_stored} resubmission_computed={sl['tiles_computed']} batch={BATCH} "
+          f"cancelled ExitCode={info['ExitCode']}")

@@ -116,6 +116,39 @@ def test_writer_error_propagates(model_threads):
                   model_threads=model_threads)
 
 
+class _InterruptedAt:
+    """SimpleSegmenter whose ``n``-th model call is interrupted (as SIGTERM/Ctrl-C would)."""
+
+    def __init__(self, n: int) -> None:
+        self.net = SimpleSegmenter(tile_size=64)
+        self.name, self.task, self.classes = self.net.name, self.net.task, self.net.classes
+        self.mpp, self.mpp_unit = self.net.mpp, self.net.mpp_unit
+        self.tile_size, self.overlap, self.n, self.calls = 64, 8, n, 0
+
+    def predict_batch(self, tiles):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.net.predict_batch(tiles)
+
+
+def test_interrupt_stores_finished_batches_and_says_how_many(caplog):
+    written = []
+    with caplog.at_level("INFO", logger="tileseg"), pytest.raises(KeyboardInterrupt):
+        run_tiles(_InterruptedAt(4), TILES, _read, lambda t, r: written.append(t.index),
+                  batch_size=2, num_workers=1, desc="s.svs")
+    assert written == list(range(6))  # the three batches the model finished were all stored
+    assert (f"s.svs: stopped with 6 of {len(TILES)} tile(s) stored by this run; 0 tile(s) "
+            "the model had finished were not stored") in caplog.text
+
+
+def test_a_complete_run_logs_no_stop_line(caplog):
+    with caplog.at_level("INFO", logger="tileseg"):
+        run_tiles(SimpleSegmenter(tile_size=64), TILES[:4], _read, lambda t, r: None,
+                  batch_size=2, num_workers=1)
+    assert "stopped with" not in caplog.text
+
+
 class _Wrong:
     name, task, classes, mpp, mpp_unit, tile_size, overlap = "bad", "instance", (), 0.5, "um", 64, 8
 
