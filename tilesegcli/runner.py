@@ -183,13 +183,18 @@ def run_tiles(
         if bar is not None:
             bar.close()
         stats.wall_s = time.perf_counter() - t_start
-        if not finished:  # interrupted (SIGTERM, Ctrl-C) or failed: what a rerun redoes
-            log.info("%s: stopped with %d of %d tile(s) stored by this run; %d tile(s) the model "
-                     "had finished were not stored (a rerun computes them again)", desc or "run",
-                     stats.tiles, len(tiles), sum(stats.batch_sizes) - stats.tiles)
+        if not finished:
+            _log_stop(desc, stats, len(tiles))
     if errors or read_errors:
         raise (errors or read_errors)[0]
     return stats
+
+
+def _log_stop(desc: str, stats: RunStats, n_tiles: int) -> None:
+    """An interrupted (SIGTERM, Ctrl-C) or failed run says what a rerun will compute again."""
+    log.info("%s: stopped with %d of %d tile(s) stored by this run; %d tile(s) the model "
+             "had finished were not stored (a rerun computes them again)", desc or "run",
+             stats.tiles, n_tiles, sum(stats.batch_sizes) - stats.tiles)
 
 
 def _progress_bar(progress: str | None, total: int, desc: str, every_s: float) -> Any:
@@ -359,9 +364,11 @@ def _run_parallel(
     producer.start()
     for w in workers:
         w.start()
+    finished = False
     try:
         for w in workers:
             w.join()
+        finished = not (errors or read_errors)
     finally:
         stop.set()
         stop_reading(stop, q_in)
@@ -375,6 +382,8 @@ def _run_parallel(
         if bar is not None:
             bar.close()
         stats.wall_s = time.perf_counter() - t_start
+        if not finished:
+            _log_stop(desc, stats, len(tiles))
     if errors or read_errors:
         raise (errors or read_errors)[0]
     return stats

@@ -142,6 +142,15 @@ def test_interrupt_stores_finished_batches_and_says_how_many(caplog):
             "the model had finished were not stored") in caplog.text
 
 
+def test_interrupt_with_model_threads_writes_a_prefix_and_says_so(caplog):
+    written = []
+    with caplog.at_level("INFO", logger="tileseg"), pytest.raises(KeyboardInterrupt):
+        run_tiles(_InterruptedAt(4), TILES, _read, lambda t, r: written.append(t.index),
+                  batch_size=2, num_workers=1, desc="s.svs", model_threads=2)
+    assert written == list(range(len(written))) and 0 < len(written) <= 6
+    assert f"s.svs: stopped with {len(written)} of {len(TILES)} tile(s) stored" in caplog.text
+
+
 def test_a_complete_run_logs_no_stop_line(caplog):
     with caplog.at_level("INFO", logger="tileseg"):
         run_tiles(SimpleSegmenter(tile_size=64), TILES[:4], _read, lambda t, r: None,
