@@ -137,19 +137,21 @@ def test_copies_of_two_views_vote_like_two_views() -> None:
     torch.testing.assert_close(m4, m2)
 
 
-def test_view_agreement_counts_matched_detections() -> None:
+def test_view_agreement_counts_matched_instances() -> None:
     from tilesegcli.nn.postprocess import view_agreement
 
-    m = torch.full((3, 8, 8), -5.0)
-    m[0, :4, :4] = 5  # object A
-    m[1, 4:, 4:] = 5  # object B
-    m[2, :4, 4:] = 5  # object C
-    sure, unsure = _logits([0.9, 0.9, 0.9]), _logits([0.9, 0.9, 0.1])
-    assert view_agreement(sure, m, sure, m, 0.5) == 1.0
-    assert view_agreement(sure, m, unsure, m, 0.5) == pytest.approx(2 * 2 / 5)  # C in one view
-    none = _logits([0.1, 0.1, 0.1])
-    assert view_agreement(none, m, none, m, 0.5) == 1.0  # nothing in either: they agree
-    assert view_agreement(sure, m, none, m, 0.5) == 0.0
+    a = np.zeros((8, 8), np.int32)
+    a[:4, :4], a[4:, 4:], a[:4, 4:] = 1, 2, 3
+    b = np.where(a == 3, 0, a)  # instance 3 only in the first view
+    b[:4, :1] = 0  # a little smaller: still IoU 0.75 > 0.5
+    assert view_agreement(a, a) == 1.0
+    assert view_agreement(a, b) == pytest.approx(2 * 2 / 5)
+    empty = np.zeros_like(a)
+    assert view_agreement(empty, empty) == 1.0  # nothing in either: they agree
+    assert view_agreement(a, empty) == 0.0
+    c = np.where(a == 1, 0, a)
+    c[:2, :4] = 1  # half of instance 1: IoU 0.5 is not a match
+    assert view_agreement(a, c) == pytest.approx(2 * 2 / 6)
 
 
 def test_early_stop_views_on_the_bundled_model(one_thread: None) -> None:

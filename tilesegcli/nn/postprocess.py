@@ -179,31 +179,21 @@ def view_transforms(views: int) -> list[tuple[bool, tuple[int, ...]]]:
     return [(i >= 4, FLIP_VIEWS[i % 4]) for i in range(views)]
 
 
-def view_agreement(logits_a: torch.Tensor, masks_a: torch.Tensor, logits_b: torch.Tensor,
-                   masks_b: torch.Tensor, score_threshold: float, iou: float = 0.5) -> float:
-    """How well two views of one tile agree: the detection F1 between their candidates scoring
-    at least ``score_threshold``, a pair matching when their masks (logit > 0) overlap with IoU
-    > ``iou`` (1.0 when neither view detects anything). Inputs (Q, K+1) logits, (Q, h, w) mask
-    logits, both views already mapped back to the tile."""
-    fa, fb = (_detections(lg, mk, score_threshold) for lg, mk in ((logits_a, masks_a),
-                                                                   (logits_b, masks_b)))
-    na, nb = len(fa), len(fb)
+def view_agreement(labels_a: np.ndarray, labels_b: np.ndarray, iou: float = 0.5) -> float:
+    """How well two views of one tile agree: the F1 of matching their instances (label images
+    1..N, both mapped back to the tile), a pair matching when its IoU exceeds ``iou`` (at most one
+    partner each, as IoU > 0.5 guarantees); 1.0 when neither has any instance."""
+    a, b = np.asarray(labels_a).ravel(), np.asarray(labels_b).ravel()
+    na, nb = int(a.max(initial=0)), int(b.max(initial=0))
     if na + nb == 0:
         return 1.0
     if na == 0 or nb == 0:
         return 0.0
-    inter = fa @ fb.T
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    hit = inter > iou * union  # IoU > iou without a division
-    matched = min(int(hit.any(1).sum()), int(hit.any(0).sum()))
+    inter = np.bincount(a * (nb + 1) + b, minlength=(na + 1) * (nb + 1)).reshape(na + 1, nb + 1)
+    area_a, area_b = inter.sum(1), inter.sum(0)
+    union = area_a[1:, None] + area_b[None, 1:] - inter[1:, 1:]
+    matched = int((inter[1:, 1:] > iou * union).sum())
     return 2.0 * matched / (na + nb)
-
-
-def _detections(logits: torch.Tensor, masks: torch.Tensor, score_threshold: float
-                ) -> torch.Tensor:
-    score = F.softmax(logits.float(), dim=-1)[:, :-1].max(1).values
-    keep = torch.nonzero(score >= score_threshold).flatten()
-    return (masks[keep] > 0).flatten(1).float()
 
 
 def vote_views(

@@ -181,8 +181,9 @@ class AFFSegmenter:
         from tilesegcli.nn.postprocess import view_agreement
 
         lg, mk, fg = self._forward_views(x, views[:2])
-        thr = float(self.card.postprocess.get("score_threshold", 0.5))
-        more = torch.tensor([view_agreement(lg[0][i], mk[0][i], lg[1][i], mk[1][i], thr) < a
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        more = torch.tensor([view_agreement(self._one_view_labels(lg[0][i], mk[0][i], hw),
+                                            self._one_view_labels(lg[1][i], mk[1][i], hw)) < a
                              for i in range(x.shape[0])], dtype=torch.bool)
         lg = lg + [lg[i % 2].clone() for i in range(2, len(views))]
         mk = mk + [mk[i % 2].clone() for i in range(2, len(views))]
@@ -288,7 +289,7 @@ class AFFSegmenter:
         """One tile's raw outputs (``forward_maps``) -> TileResult with the card's
         post-processing; ``score_threshold`` / ``fg_gate`` override the card's (sweeps reuse one
         forward pass). ``fg``: the tile's foreground probability map, for the gate."""
-        from tilesegcli.nn.postprocess import instance_inference, panoptic_inference
+        from tilesegcli.nn.postprocess import panoptic_inference
 
         post = self.card.postprocess
         off = self.card.class_offset
@@ -298,20 +299,7 @@ class AFFSegmenter:
             if self._excluded:
                 logits = logits.clone()
                 logits[:, self._excluded] = float("-inf")
-            topk = int(post.get("top_k", 100))
-            if self.flip_views > 1:
-                from tilesegcli.nn.postprocess import vote_views
-
-                logits, masks = vote_views(logits, masks, self.flip_views)
-                topk = max(1, len(logits))
-            inst = instance_inference(logits, masks, hw, topk=topk,
-                                      score_threshold=float(post.get("score_threshold", 0.0)
-                                                            if score_threshold is None
-                                                            else score_threshold),
-                                      stride=self.mask_stride,
-                                      min_visible=float(post.get("min_visible_fraction", 0.0)),
-                                      cleanup_radius=int(post.get("cleanup_radius", -1)),
-                                      mask_threshold=float(post.get("mask_threshold", 0.5)))
+            inst = self._instance_inference(logits, masks, hw, self.flip_views, score_threshold)
             gate = float(post.get("fg_gate", 0.0) if fg_gate is None else fg_gate)
             labels, classes, scores = inst.labels, inst.classes + off, inst.scores
             if gate > 0 and fg is not None:
@@ -340,6 +328,32 @@ class AFFSegmenter:
             scores.append(float(sem[c][m].mean()))
         return self._instances(labels, np.asarray(classes, np.int64),
                                np.asarray(scores, np.float32), semantic=sem)
+
+    def _instance_inference(self, logits: torch.Tensor, masks: torch.Tensor,
+                            hw: tuple[int, int], views: int,
+                            score_threshold: float | None = None) -> Any:
+        """The card's instance post-processing of one tile's candidates from ``views`` views
+        (voted first when there are several)."""
+        from tilesegcli.nn.postprocess import instance_inference, vote_views
+
+        post = self.card.postprocess
+        topk = int(post.get("top_k", 100))
+        if views > 1:
+            logits, masks = vote_views(logits, masks, views)
+            topk = max(1, len(logits))
+        thr = float(post.get("score_threshold", 0.0) if score_threshold is None else score_threshold)
+        return instance_inference(logits, masks, hw, topk=topk, score_threshold=thr,
+                                  stride=self.mask_stride,
+                                  min_visible=float(post.get("min_visible_fraction", 0.0)),
+                                  cleanup_radius=int(post.get("cleanup_radius", -1)),
+                                  mask_threshold=float(post.get("mask_threshold", 0.5)))
+
+    def _one_view_labels(self, logits: torch.Tensor, masks: torch.Tensor, hw: tuple[int, int]
+                         ) -> np.ndarray:
+        logits = logits.clone()
+        if self._excluded:
+            logits[:, self._excluded] = float("-inf")
+        return np.asarray(self._instance_inference(logits, masks, hw, 1).labels)
 
     def _instances(self, labels: np.ndarray, classes: np.ndarray, scores: np.ndarray,
                    semantic: np.ndarray | None = None) -> TileResult:
