@@ -27,19 +27,40 @@ def parse_shard(text: str | None, env: Mapping[str, str] | None = None) -> tuple
     of ``SLURM_ARRAY_TASK_COUNT`` tasks, so ``--array=1-8`` and ``--array=0-14:2`` both give
     shards 0..7 of 8. Arrays whose indices are not one evenly spaced
     range (``--array=1,4,9``) cannot be mapped and are refused.
+
+    ``slurm/N`` fixes the shard count instead: shard ``SLURM_ARRAY_TASK_ID`` of N (so the array
+    must be ``--array=0-(N-1)``), which stays right when one task is resubmitted on its own
+    (``sbatch --array=3 ...``: that job's COUNT is 1, but its shard is still 3 of N).
     """
     if text is None:
         return 0, 1
     text = text.strip()
+    env = os.environ if env is None else env
     if text.lower() == "slurm":
-        return _slurm_shard(os.environ if env is None else env)
+        return _slurm_shard(env)
+    head, _, count = text.partition("/")
+    if head.strip().lower() == "slurm":
+        return _slurm_fixed(count.strip(), env)
     parts = text.split("/")
     if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise UsageError(f"--shard must be I/N (e.g. 0/4) or 'slurm', got {text!r}")
+        raise UsageError(f"--shard must be I/N (e.g. 0/4), 'slurm' or 'slurm/N', got {text!r}")
     i, n = int(parts[0]), int(parts[1])
     if n < 1 or i >= n:
         raise UsageError(f"--shard I/N needs 0 <= I < N, got {text}")
     return i, n
+
+
+def _slurm_fixed(count: str, env: Mapping[str, str]) -> tuple[int, int]:
+    if not count.isdigit() or int(count) < 1:
+        raise UsageError(f"--shard slurm/N needs a shard count N >= 1, got {count!r}")
+    task = env.get("SLURM_ARRAY_TASK_ID", "").strip()
+    if not task:
+        raise UsageError("--shard slurm/N: SLURM_ARRAY_TASK_ID not set; this is not a task of a "
+                         "SLURM job array (sbatch --array=...); use --shard I/N instead")
+    if not task.isdigit() or int(task) >= int(count):
+        raise UsageError(f"--shard slurm/{count}: task {task} is not one of 0..{int(count) - 1}; "
+                         f"submit with --array=0-{int(count) - 1}")
+    return int(task), int(count)
 
 
 def _slurm_shard(env: Mapping[str, str]) -> tuple[int, int]:

@@ -49,6 +49,11 @@ def test_parse_shard_is_explicit():
     step = {"SLURM_ARRAY_TASK_ID": "14", "SLURM_ARRAY_TASK_COUNT": "8",
             "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2"}  # --array=0-14:2
     assert parse_shard("slurm", env=step) == (7, 8)
+    # slurm/N: the shard count is fixed, so one task resubmitted alone keeps its shard
+    resubmitted = {"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "1",
+                   "SLURM_ARRAY_TASK_MIN": "2"}  # sbatch --array=2 after an --array=0-3 run
+    assert parse_shard("slurm", env=resubmitted) == (0, 1)  # the plain form cannot know
+    assert parse_shard("slurm/4", env=resubmitted) == (2, 4)
 
 
 @pytest.mark.parametrize("text, env, match", [
@@ -65,6 +70,17 @@ def test_parse_shard_is_explicit():
                "SLURM_ARRAY_TASK_MIN": "1"}, "evenly spaced"),
 ])
 def test_parse_shard_refuses(text, env, match):
+    with pytest.raises(UsageError, match=match):
+        parse_shard(text, env=env)
+
+
+@pytest.mark.parametrize("text, env, match", [
+    ("slurm/4", {}, "SLURM_ARRAY_TASK_ID not set"),
+    ("slurm/4", {"SLURM_ARRAY_TASK_ID": "4"}, "not one of 0..3; submit with --array=0-3"),
+    ("slurm/0", {"SLURM_ARRAY_TASK_ID": "0"}, "N >= 1"),
+    ("slurm/x", {"SLURM_ARRAY_TASK_ID": "0"}, "N >= 1"),
+])
+def test_parse_shard_slurm_fixed_count_refuses(text, env, match):
     with pytest.raises(UsageError, match=match):
         parse_shard(text, env=env)
 

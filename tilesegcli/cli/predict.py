@@ -94,10 +94,11 @@ class _PredictCommand(click.Command):
                    "the transposed tile's flips).")
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where tile stores live (default: next to the output).")
-@click.option("--shard", callback=parse_shard_option, default=None, metavar="I/N|slurm",
+@click.option("--shard", callback=parse_shard_option, default=None, metavar="I/N|slurm[/N]",
               help="Process shard I of N (0-based) of every input; 'slurm' = this task of a SLURM "
-                   "job array (SLURM_ARRAY_TASK_ID/COUNT). Default: the whole input, never sharded "
-                   "implicitly.")
+                   "job array (SLURM_ARRAY_TASK_ID/COUNT); 'slurm/N' = shard TASK_ID of N "
+                   "(--array=0-(N-1); a task resubmitted alone keeps its shard). Default: the "
+                   "whole input, never sharded implicitly.")
 @click.option("--overwrite", is_flag=True, help="Rewrite outputs that already exist.")
 @click.option("--force", is_flag=True,
               help="Run a natural-image model (street scenes, photos: no physical pixel size) "
@@ -128,6 +129,7 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
     $ ls *.ndpi | tileseg predict --inputs - --outdir out/ --device cuda
     $ tileseg predict big.svs -o big.geojson --shard 0/4   # ... 3/4 in the other jobs
     $ tileseg predict big.svs -o big.geojson --shard slurm # in each task of sbatch --array
+    $ tileseg predict big.svs -o big.geojson --shard slurm/8  # sbatch --array=0-7
     """
     from tilesegcli.cli.main import click_error_line
     from tilesegcli.errors import TilesegError
