@@ -97,33 +97,3 @@ def check_writable(out: Path, labels: Path | None) -> None:
             raise OutputError(f"cannot create output directory {parent}: {e.strerror or e}") from None
         if not os.access(parent, os.W_OK | os.X_OK):
             raise OutputError(f"output directory {parent} is not writable")
-
-
-def remove_stale_temps(out: Path) -> None:
-    """Remove temp outputs (``<name>.tmp-<pid>-…``, ``.<name>.tmp-<pid>``) left by killed
-    processes of this host: a SIGKILL cannot clean up after itself. Only for unsharded runs,
-    where no process on another host can be writing them."""
-    import re
-    import shutil
-
-    pat = re.compile(rf"^\.?{re.escape(out.name)}\.tmp-(\d+)(-[0-9a-f]+)?$")
-    try:
-        entries = list(out.parent.iterdir())
-    except OSError:
-        return
-    for p in entries:
-        m = pat.match(p.name)
-        if not m or int(m.group(1)) == os.getpid():
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-            continue  # that process is alive: not ours to touch
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        log.info("removing %s left by a killed run", p)
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)

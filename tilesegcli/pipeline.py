@@ -37,6 +37,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from tilesegcli.atomic import sweep_stale_temps
 from tilesegcli.config import FORMATS, RunConfig, SlideResult
 from tilesegcli.errors import SlideOpenError, TilesegError, UsageError
 from tilesegcli.merge import StreamingMerge, merge_store
@@ -47,7 +48,6 @@ from tilesegcli.outputs import (
     is_valid,
     output_for,
     output_format,
-    remove_stale_temps,
     validate_batch,
 )
 from tilesegcli.plan import (
@@ -116,7 +116,7 @@ def run_slide(
         t1 = time.perf_counter()
         streamer = None
         if shard_n == 1 and to_file:
-            remove_stale_temps(out)
+            sweep_stale_temps(out)
             if todo and config.stream_merge:
                 streamer = StreamingMerge.start(store, out, fmt, config, out_fp, segmenter)
         try:

@@ -66,6 +66,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from tilesegcli.atomic import atomic_path
 from tilesegcli.errors import ModelNotFoundError, UsageError
 from tilesegcli.segmenter import ClassInfo
 from tilesegcli.specs import IMAGENET_MEAN, IMAGENET_STD
@@ -462,9 +463,8 @@ def write_card(card: ModelCard | Mapping[str, Any], path: str | os.PathLike) -> 
     data = card.to_dict() if isinstance(card, ModelCard) else _thaw(card)
     card_from_dict(data)  # validate before writing
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from tilesegcli.atomic import atomic_path
 from tilesegcli.device import select_device
 from tilesegcli.errors import UsageError, WeightsError, first_line
 from tilesegcli.train.config import TrainConfig
@@ -43,9 +43,8 @@ def _log(path: Path, rec: dict[str, Any]) -> None:
 def _save_atomic(obj: Any, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tilesegcli.atomic import atomic_path
 from tilesegcli.errors import UsageError
 from tilesegcli.eval.evaluate import evaluate_arrays
 
@@ -132,6 +133,5 @@ def export(checkpoint: str | Path, card_path: str | Path, *, name: str, descript
 
 def write_json(path: str | Path, obj: Any) -> None:
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    os.replace(tmp, p)
+    with atomic_path(p) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")

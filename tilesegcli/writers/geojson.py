@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tilesegcli.errors import UsageError
-from tilesegcli.writers.atomic import AtomicOutput, CommitOnExit
+from tilesegcli.writers.sink import AtomicOutput, CommitOnExit
 
 if TYPE_CHECKING:
     from tilesegcli.segmenter import ClassInfo
