@@ -242,7 +242,7 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None = Non
             raise WeightsError(f"checksum mismatch for {url}: sha256 {got[:12]}…, expected "
                                f"{sha256[:12]}… (corrupt or changed file; not cached)")
         if verify_load:
-            load_checkpoint(tmp)  # refuses unsafe pickles and unreadable files before caching
+            load_weights_file(tmp)  # refuses unsafe pickles and unreadable files before caching
     if sha256 is None:
         log.warning("weights %s: no checksum known; sha256 is %s (verified by loading)",
                     dest.name, got)
@@ -261,8 +261,9 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 28
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint without executing code: safetensors, or torch.load(weights_only=True)."""
+def load_weights_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a weights file (a card's, or any state dict) without executing code: safetensors, or
+    torch.load(weights_only=True). Training checkpoints: ``train.checkpoint.load_training_state``."""
     import pickle
 
     import torch
@@ -364,7 +365,7 @@ def install_weights(card: ModelCard, src: str | os.PathLike) -> Path:
         raise WeightsError(f"model {card.name} ships its weights; nothing to install")
     src = Path(src)
     _check_sha(src, spec.sha256, spec.size)
-    load_checkpoint(src)
+    load_weights_file(src)
     dest = weights_dir() / (spec.filename or src.name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dest) as tmp:

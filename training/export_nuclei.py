@@ -15,8 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
+from tilesegcli.train.checkpoint import load_training_state
 from tilesegcli.train.config import TrainConfig
-from tilesegcli.train.loop import load_checkpoint
 from tilesegcli.train.validate import export
 
 LICENCE = ("Weights: trained by the tileseg project; usable for NON-COMMERCIAL purposes only, "
@@ -32,7 +32,7 @@ def lineage(checkpoint: str) -> list[tuple[str, int, dict]]:
     out: list[tuple[str, int, dict]] = []
     path: str | None = checkpoint
     while path and Path(path).suffix == ".pt" and Path(path).is_file():
-        state = load_checkpoint(path, mmap=True)
+        state = load_training_state(path, mmap=True)
         out.append((Path(path).parent.name, int(state["step"]), state["config"]))
         path = state["config"].get("init_from")
     return out
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--out", default="tilesegcli/models/aff-nuclei.json")
     a = ap.parse_args()
 
-    state = load_checkpoint(a.checkpoint, mmap=True)  # config and step; export() reads the weights
+    state = load_training_state(a.checkpoint, mmap=True)  # config and step; export() reads the weights
     cfg = TrainConfig.from_dict(state["config"])
     step = int(state["step"])
     val = json.loads(Path(a.val_json).read_text())

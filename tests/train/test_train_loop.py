@@ -55,9 +55,9 @@ def _cfg(tmp_path: Path, out: str, steps: int) -> TrainConfig:
 
 
 def _weights(run: Path) -> dict:
-    from tilesegcli.train.loop import load_checkpoint
+    from tilesegcli.train.checkpoint import load_training_state
 
-    return load_checkpoint(run / "last.pt")
+    return load_training_state(run / "last.pt")
 
 
 def test_exact_resume_and_export(tmp_path: Path) -> None:
@@ -202,8 +202,8 @@ def test_init_from_checkpoint_and_card(tmp_path: Path, monkeypatch: pytest.Monke
 
     read_source.cache_clear()
     reads = []
-    real_load = weights_mod.load_checkpoint
-    monkeypatch.setattr(weights_mod, "load_checkpoint", lambda *a, **k: reads.append(a) or real_load(*a, **k))
+    real_load = weights_mod.load_weights_file
+    monkeypatch.setattr(weights_mod, "load_weights_file", lambda *a, **k: reads.append(a) or real_load(*a, **k))
     r = CliRunner().invoke(cmd, ["--init-from", str(card), "-O", f"train_list={tr}",
                                  "-O", f"val_list={va}", "-O", f"out_dir={tmp_path / 'ft'}",
                                  "-O", "steps=1", "-O", "val_every=0", "-O", "threads=1",

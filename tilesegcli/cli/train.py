@@ -65,9 +65,9 @@ def train(config_path: Path | None, options: tuple[str, ...], resume: Path | Non
     if export_card is not None or validate_only:
         if resume is None:
             raise UsageError("--export/--validate need --resume CHECKPOINT")
-        ckpt = resume / "best.pt" if resume.is_dir() else resume
-        if not ckpt.is_file():
-            ckpt = resume / "last.pt"
+        from tilesegcli.train.checkpoint import run_checkpoint
+
+        ckpt = run_checkpoint(resume, best=True)
         if validate_only:
             _validate(ckpt, overrides, json_out, _parse_thresholds(thresholds))
         if export_card is not None:
@@ -114,12 +114,12 @@ def _validate(ckpt: Path, overrides: dict, json_out: Path | None,
               thresholds: list[float] | None = None) -> None:
     import torch
 
+    from tilesegcli.train.checkpoint import load_training_state
     from tilesegcli.train.config import TrainConfig
-    from tilesegcli.train.loop import load_checkpoint
     from tilesegcli.train.net import build_net
     from tilesegcli.train.validate import validate, write_json
 
-    state = load_checkpoint(ckpt)
+    state = load_training_state(ckpt)
     cfg = TrainConfig.from_dict(state["config"]).with_updates(**overrides)
     torch.set_num_threads(cfg.threads)
     net = build_net(cfg)

@@ -64,9 +64,9 @@ def build_model(card: ModelCard) -> nn.Module:
 def load_weights(model: nn.Module, path: str | Path, card: ModelCard) -> None:
     """Strictly load a checkpoint file (official detectron2, ours, or safetensors) into model."""
     from tilesegcli.nn.aff_m2f import IGNORED_CHECKPOINT_KEYS
-    from tilesegcli.weights import extract_state_dict, load_checkpoint, load_state_dict_strict
+    from tilesegcli.weights import extract_state_dict, load_state_dict_strict, load_weights_file
 
-    sd = extract_state_dict(load_checkpoint(path), source=str(path))
+    sd = extract_state_dict(load_weights_file(path), source=str(path))
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
     ignore = set(card.weights.ignore_keys) | set(IGNORED_CHECKPOINT_KEYS)
     load_state_dict_strict(model, sd, ignore_keys=ignore, source=str(path))

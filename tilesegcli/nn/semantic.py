@@ -91,14 +91,14 @@ def load_semantic_weights(net: nn.Module, path: str | Path, *, family: str,
                           sha256: str | None = None) -> None:
     """Read a weights file without executing code (safetensors / ``weights_only``), verify its
     sha256 when given, and load it strictly into ``net``."""
-    from tilesegcli.weights import extract_state_dict, load_checkpoint, sha256_file
+    from tilesegcli.weights import extract_state_dict, load_weights_file, sha256_file
 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     if sha256 is not None and sha256_file(path) != sha256.lower():
         raise WeightsError(f"{path}: sha256 mismatch (corrupt or wrong file)")
-    sd = extract_state_dict(load_checkpoint(path), source=path.name)
+    sd = extract_state_dict(load_weights_file(path), source=path.name)
     load_semantic_state(net, sd, family=family, source=path.name)
 
 
@@ -117,10 +117,10 @@ def load_backbone_weights(net: nn.Module, path: str | Path, *, family: str) -> l
     anything else missing is a WeightsError."""
     import torch
 
-    from tilesegcli.weights import extract_state_dict, load_checkpoint
+    from tilesegcli.weights import extract_state_dict, load_weights_file
 
     path = Path(path)
-    obj = load_checkpoint(path)
+    obj = load_weights_file(path)
     if isinstance(obj.get("state_dict_ema"), Mapping):  # timm EMA weights (official SeaFormer)
         obj = obj["state_dict_ema"]
     sd = extract_state_dict(obj, source=path.name)
@@ -192,10 +192,10 @@ class SemanticSegmenter:
         arch = card.architecture
         family = _family(str(arch.get("backbone", "")))
         net = build_semantic_net(arch)
-        from tilesegcli.weights import extract_state_dict, load_checkpoint, resolve_weights
+        from tilesegcli.weights import extract_state_dict, load_weights_file, resolve_weights
 
         path = resolve_weights(card, weights)  # explicit > bundled > cache > download; sha256
-        sd = extract_state_dict(load_checkpoint(path), source=path.name)
+        sd = extract_state_dict(load_weights_file(path), source=path.name)
         load_semantic_state(net, sd, family=family, source=path.name,
                             ignore_keys=card.weights.ignore_keys)
         return cls(net, name=card.name, classes=card.classes, class_offset=card.class_offset,

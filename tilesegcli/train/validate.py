@@ -98,13 +98,13 @@ def export(checkpoint: str | Path, card_path: str | Path, *, name: str, descript
            half: bool = True, overrides: dict[str, Any] | None = None) -> Path:
     """Checkpoint -> ``card_path`` (JSON) + weights (safetensors, fp16 if ``half``) beside it.
     ``overrides`` change inference fields of the saved configuration (e.g. score_threshold)."""
+    from tilesegcli.train.checkpoint import load_training_state
     from tilesegcli.train.config import TrainConfig
-    from tilesegcli.train.loop import load_checkpoint
     from tilesegcli.train.net import card_dict
     from tilesegcli.weights import save_safetensors
     from tilesegcli.zoo import write_card
 
-    state = load_checkpoint(checkpoint)
+    state = load_training_state(checkpoint)
     cfg = TrainConfig.from_dict(state["config"]).with_updates(**(overrides or {}))
     sd = {k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")}
     if cfg.fg_gate > 0:  # the gate needs the dense head: shipped as the head's fg_head
