@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tileseg")  # the CLI's logger: a sweep is reported like the run
 
 #: ``.<name>.tmp-<pid>[-<hex>]``; the leading dot and the hex are optional so that temps of older
 #: versions (``<name>.tmp-<pid>-<hex>``, ``.<name>.tmp-<pid>``) are swept too

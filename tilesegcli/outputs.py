@@ -1,22 +1,17 @@
 """Where a run writes and whether it may: output format and path per input, batch collisions,
-skip-if-valid, writability checked before any compute, and the clean-up of temp outputs left by
-killed processes (outputs are always written to a temp name and ``os.replace``'d)."""
+skip-if-valid and writability checked before any compute (outputs are always written to a temp
+name and published by ``tilesegcli.atomic``, which also sweeps the temps of killed processes)."""
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from tilesegcli.config import FORMATS, RunConfig
+from tilesegcli.config import RunConfig
 from tilesegcli.errors import OutputError, UsageError
-
-log = logging.getLogger("tileseg")
-
-_SUFFIX = {"geojson": ".geojson", "geojson.gz": ".geojson.gz", "geojsonseq": ".geojsonl",
-           "qupath": ".geojson"}
+from tilesegcli.formats import FORMATS, SUFFIX, format_from_path
 
 
 def output_format(output: Path | None, fmt: str | None) -> str:
@@ -26,8 +21,6 @@ def output_format(output: Path | None, fmt: str | None) -> str:
         return fmt
     if output is None:
         return "geojson"
-    from tilesegcli.writers import format_from_path
-
     return format_from_path(output)
 
 
@@ -43,7 +36,7 @@ def output_for(input_path: Path, config: RunConfig, fmt: str) -> Path:
             break
     else:
         stem = input_path.stem
-    return outdir / (stem + _SUFFIX[fmt])
+    return outdir / (stem + SUFFIX[fmt])
 
 
 def validate_batch(paths: Sequence[Path], config: RunConfig) -> None:

@@ -76,6 +76,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: the card `tileseg predict` and `tilesegcli.predict` use when no model is named
 DEFAULT_MODEL = "aff-nuclei"
 CARD_FORMAT = 1
 TASKS = ("semantic", "instance", "panoptic")
