@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tilesegcli.errors import WeightsError
 from tilesegcli.nn.hires import HiResMaskFeatures, masks_from_embed
+from tilesegcli.nn.inputs import channel_stats, normalise, pad_to_multiple
 from tilesegcli.nn.m2f_decoder import MultiScaleMaskedTransformerDecoder
 from tilesegcli.nn.pixel_decoder import MSDeformAttnPixelDecoder, PixelDecoderOutput
 from tilesegcli.nn.types import BackboneOutput, stage_channels
@@ -172,17 +172,13 @@ class AFFMask2Former(nn.Module):
         self.sem_seg_head.predictor.pe_per_image = on
 
     def forward(self, images: torch.Tensor, with_aux: bool = True) -> dict:
-        d = self.size_divisibility
-        if d > 1:
-            h, w = images.shape[-2:]
-            images = F.pad(images, (0, (-w) % d, 0, (-h) % d))
+        images = pad_to_multiple(images, self.size_divisibility)
         return self.sem_seg_head(self.backbone(images), with_aux=with_aux, images=images)
 
     def normalize(self, rgb_uint8: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 RGB -> the normalised float input of ``forward``."""
-        mean = torch.tensor(self.pixel_mean, device=rgb_uint8.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.pixel_std, device=rgb_uint8.device).view(1, 3, 1, 1)
-        return (rgb_uint8.float() - mean) / std
+        mean, std = channel_stats(self.pixel_mean, self.pixel_std, rgb_uint8.device)
+        return normalise(rgb_uint8, mean, std)
 
 
 def _backbone_channels(backbone: nn.Module, name: str) -> dict[str, int]:

@@ -170,7 +170,7 @@ class SemanticSegmenter:
                  std: Sequence[float] = IMAGENET_STD, mpp: float | None = None,
                  mpp_unit: str = "um", tile_size: int = 512, overlap: int = 64,
                  size_divisibility: int = 1, device: str = "auto") -> None:
-        import torch
+        from tilesegcli.nn.inputs import channel_stats
 
         num = getattr(net, "num_classes", None)
         if num is not None and num + class_offset != len(classes):
@@ -183,8 +183,7 @@ class SemanticSegmenter:
         self.size_divisibility = max(1, int(size_divisibility))
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
-        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._mean, self._std = channel_stats(mean, std, self.device)
 
     @classmethod
     def from_card(cls, card: ModelCard, *, weights: str | Path | None = None,
@@ -206,7 +205,8 @@ class SemanticSegmenter:
     def forward(self, tiles: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, C, H, W) float32 probabilities on the device."""
         import torch
-        import torch.nn.functional as F
+
+        from tilesegcli.nn.inputs import tiles_to_input
 
         if not (isinstance(tiles, np.ndarray) and tiles.ndim == 4 and tiles.shape[-1] == 3
                 and tiles.dtype == np.uint8):
@@ -214,12 +214,7 @@ class SemanticSegmenter:
             raise UsageError(f"expected (B, H, W, 3) uint8 tiles, got {shape} "
                              f"{getattr(tiles, 'dtype', type(tiles).__name__)}")
         _, h, w, _ = tiles.shape
-        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
-        x = (x.permute(0, 3, 1, 2).float() - self._mean) / self._std
-        d = self.size_divisibility
-        ph, pw = (-h) % d, (-w) % d
-        if ph or pw:  # zero = the mean colour after normalisation
-            x = F.pad(x, (0, pw, 0, ph))
+        x = tiles_to_input(tiles, self._mean, self._std, self.size_divisibility, self.device)
         with torch.inference_mode():
             logits = self.net(x, upsample=True)[..., :h, :w].float()
             prob = logits.softmax(dim=1)

@@ -56,7 +56,8 @@ def load_training_state(path: str | Path, *, mmap: bool = False) -> dict[str, An
         raise UsageError(f"no checkpoint at {path}")
     if Path(path).is_file() and not zipfile.is_zipfile(path):
         raise WeightsError(f"cannot load checkpoint {path}: not a whole training checkpoint "
-                           "(tileseg train writes zip archives; this is another file, or truncated)")
+                           "(tileseg train writes zip archives; this is another file, "
+                           "or truncated)")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated archive or refused pickle: torch's first line says which

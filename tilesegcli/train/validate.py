@@ -116,7 +116,8 @@ def validate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None
     if thresholds is not None:
         with torch.no_grad():
             # the card built from cfg carries every post-processing setting (overrides apply)
-            sweep = sweep_thresholds(segmenter_for(net, cfg), val, cfg.tile, cfg.overlap, thresholds)
+            seg = segmenter_for(net, cfg)
+            sweep = sweep_thresholds(seg, val, cfg.tile, cfg.overlap, thresholds)
         return {**about, "thresholds": sweep}
     return {**validate(net, val, cfg), **about}
 
