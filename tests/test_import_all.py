@@ -20,7 +20,7 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(tilesegcli.__path__, "til
 
 def test_walk_finds_the_whole_package():
     assert len(MODULES) > 60
-    assert {"tilesegcli.writers.atomic", "tilesegcli.cli.predict",
+    assert {"tilesegcli.writers.sink", "tilesegcli.cli.predict",
             "tilesegcli.nn.aff"} <= set(MODULES)
 
 
@@ -32,6 +32,6 @@ def test_module_imports(name):
 def test_requires_python_matches_what_the_code_needs():
     meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     spec = meta["project"]["requires-python"]
-    assert spec == ">=3.11"  # typing.Self (writers/atomic.py), tomllib
+    assert spec == ">=3.11"  # typing.Self (writers/sink.py), tomllib
     assert sys.version_info >= (3, 11)
     assert meta["tool"]["ruff"]["target-version"] == "py311"

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tilesegcli.errors import UsageError
-
-FORMATS = ("geojson", "geojson.gz", "geojsonseq", "qupath")
+from tilesegcli.zoo import DEFAULT_MODEL
 
 _SLURM_VARS = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT")
 
@@ -89,7 +88,7 @@ class RunConfig:
 
     output: Path | None = None
     outdir: Path | None = None
-    model: str = "aff-nuclei"
+    model: str = DEFAULT_MODEL
     weights: str | None = None
     mpp: float | None = None
     backend: str = "auto"

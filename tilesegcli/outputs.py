@@ -1,22 +1,17 @@
 """Where a run writes and whether it may: output format and path per input, batch collisions,
-skip-if-valid, writability checked before any compute, and the clean-up of temp outputs left by
-killed processes (outputs are always written to a temp name and ``os.replace``'d)."""
+skip-if-valid and writability checked before any compute (outputs are always written to a temp
+name and published by ``tilesegcli.atomic``, which also sweeps the temps of killed processes)."""
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from tilesegcli.config import FORMATS, RunConfig
+from tilesegcli.config import RunConfig
 from tilesegcli.errors import OutputError, UsageError
-
-log = logging.getLogger("tileseg")
-
-_SUFFIX = {"geojson": ".geojson", "geojson.gz": ".geojson.gz", "geojsonseq": ".geojsonl",
-           "qupath": ".geojson"}
+from tilesegcli.formats import FORMATS, SUFFIX, format_from_path
 
 
 def output_format(output: Path | None, fmt: str | None) -> str:
@@ -26,8 +21,6 @@ def output_format(output: Path | None, fmt: str | None) -> str:
         return fmt
     if output is None:
         return "geojson"
-    from tilesegcli.writers import format_from_path
-
     return format_from_path(output)
 
 
@@ -43,7 +36,7 @@ def output_for(input_path: Path, config: RunConfig, fmt: str) -> Path:
             break
     else:
         stem = input_path.stem
-    return outdir / (stem + _SUFFIX[fmt])
+    return outdir / (stem + SUFFIX[fmt])
 
 
 def validate_batch(paths: Sequence[Path], config: RunConfig) -> None:
@@ -97,33 +90,3 @@ def check_writable(out: Path, labels: Path | None) -> None:
             raise OutputError(f"cannot create output directory {parent}: {e.strerror or e}") from None
         if not os.access(parent, os.W_OK | os.X_OK):
             raise OutputError(f"output directory {parent} is not writable")
-
-
-def remove_stale_temps(out: Path) -> None:
-    """Remove temp outputs (``<name>.tmp-<pid>-…``, ``.<name>.tmp-<pid>``) left by killed
-    processes of this host: a SIGKILL cannot clean up after itself. Only for unsharded runs,
-    where no process on another host can be writing them."""
-    import re
-    import shutil
-
-    pat = re.compile(rf"^\.?{re.escape(out.name)}\.tmp-(\d+)(-[0-9a-f]+)?$")
-    try:
-        entries = list(out.parent.iterdir())
-    except OSError:
-        return
-    for p in entries:
-        m = pat.match(p.name)
-        if not m or int(m.group(1)) == os.getpid():
-            continue
-        try:
-            os.kill(int(m.group(1)), 0)
-            continue  # that process is alive: not ours to touch
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        log.info("removing %s left by a killed run", p)
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)

@@ -37,8 +37,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from tilesegcli.config import FORMATS, RunConfig, SlideResult
+from tilesegcli.atomic import sweep_stale_temps
+from tilesegcli.config import RunConfig, SlideResult
 from tilesegcli.errors import SlideOpenError, TilesegError, UsageError
+from tilesegcli.formats import FORMATS
 from tilesegcli.merge import StreamingMerge, merge_store
 from tilesegcli.outputs import (
     check_skip,
@@ -47,7 +49,6 @@ from tilesegcli.outputs import (
     is_valid,
     output_for,
     output_format,
-    remove_stale_temps,
     validate_batch,
 )
 from tilesegcli.plan import (
@@ -62,6 +63,7 @@ from tilesegcli.plan import (
 )
 from tilesegcli.segmenter import Segmenter
 from tilesegcli.store import TileStore, default_store_path, fingerprint_sha
+from tilesegcli.zoo import DEFAULT_MODEL
 
 __all__ = ["FORMATS", "RunConfig", "SlideResult", "merge_store", "output_for", "output_format",
            "predict", "run_slide", "validate_batch"]
@@ -116,7 +118,7 @@ def run_slide(
         t1 = time.perf_counter()
         streamer = None
         if shard_n == 1 and to_file:
-            remove_stale_temps(out)
+            sweep_stale_temps(out)
             if todo and config.stream_merge:
                 streamer = StreamingMerge.start(store, out, fmt, config, out_fp, segmenter)
         try:
@@ -173,7 +175,7 @@ def predict(
     inputs: str | Path | Iterable[str | Path],
     *,
     segmenter: Segmenter | None = None,
-    model: str = "aff-nuclei",
+    model: str = DEFAULT_MODEL,
     output: str | Path | None = None,
     outdir: str | Path | None = None,
     raise_errors: bool = False,

@@ -7,19 +7,18 @@ pipeline uses it to decide whether an existing output is valid (skip) or stale.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
 import socket
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from tilesegcli.atomic import atomic_path
 from tilesegcli.errors import OutputError, TilesegError
 
 _PACKAGES = ("tileseg", "torch", "numpy", "zarr", "openslide-python", "openslide-bin", "tifffile",
@@ -113,27 +112,12 @@ def is_valid_output(output: Path, fingerprint_sha256: str) -> bool:
     )
 
 
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temp path in ``final``'s directory; os.replace it onto ``final`` on success,
-    remove it on any error or interrupt (so nothing complete-looking is left behind)."""
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, TilesegError):
-            raise
-        raise OutputError(f"cannot write {final}: {e.strerror or e}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def write_json(path: Path, data: Any) -> None:
     """Atomically write ``data`` as indented JSON."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(jsonable(data), indent=2) + "\n")
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(jsonable(data), indent=2) + "\n")
+    except OSError as e:
+        if isinstance(e, TilesegError):
+            raise
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None

@@ -24,7 +24,6 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -33,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from tilesegcli.atomic import atomic_path, sweep_stale_temps
 from tilesegcli.errors import StoreError
 from tilesegcli.segmenter import TileResult
 from tilesegcli.specs import GridSpec, TileSpec
@@ -82,21 +82,6 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 #: a store's temporary build directory older than this was left by a killed process
 STALE_TEMP_SECONDS = 3600.0
-
-
-def _remove_stale_temps(p: Path) -> None:
-    """Delete ``.NAME.tmp-PID`` build directories of ``p`` left by killed processes. Creating a
-    store takes well under a second, so only directories untouched for STALE_TEMP_SECONDS go
-    (age, not PID liveness: on a shared filesystem the PID may belong to another node)."""
-    import time
-
-    now = time.time()
-    for t in p.parent.glob(f".{p.name}.tmp-*"):
-        try:
-            if now - t.stat().st_mtime > STALE_TEMP_SECONDS:
-                shutil.rmtree(t, ignore_errors=True)
-        except OSError:
-            continue
 
 
 class TileStore:
@@ -151,7 +136,9 @@ class TileStore:
         build it in a temporary directory and rename it into place (safe when N shards race)."""
         p = Path(path)
         if not p.exists():
-            _remove_stale_temps(p)
+            # creating a store takes well under a second; age, not PID liveness, tells a killed
+            # creator's build directory: on a shared filesystem the PID may be another node's
+            sweep_stale_temps(p, older_than_s=STALE_TEMP_SECONDS)
             try:
                 cls._create(p, {
                     "format": FORMAT,
@@ -165,8 +152,6 @@ class TileStore:
                 }, selected)
             except OSError as e:
                 raise StoreError(f"cannot create tile store {p}: {e.strerror or e}") from None
-            finally:
-                shutil.rmtree(p.with_name(f".{p.name}.tmp-{os.getpid()}"), ignore_errors=True)
         store = cls.open(p)
         store.check(fingerprint, num_shards)
         return store
@@ -174,12 +159,19 @@ class TileStore:
     @staticmethod
     def _create(p: Path, attrs: dict[str, Any], selected: np.ndarray) -> None:
         """Build the store described by ``attrs`` (its future ``attrs["tileseg"]``) in a temp
-        directory, then rename it to ``p``."""
+        directory, then rename it to ``p``; a store another process renamed there first wins."""
+        p.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with atomic_path(p) as tmp:
+                TileStore._build(tmp, attrs, selected)
+        except OSError as e:
+            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR) or not p.exists():
+                raise
+
+    @staticmethod
+    def _build(tmp: Path, attrs: dict[str, Any], selected: np.ndarray) -> None:
         import zarr
 
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         grid, task, classes = grid_from_dict(attrs["grid"]), attrs["task"], attrs["classes"]
         rows, cols, t = grid.rows, grid.cols, grid.tile_px
         g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
@@ -207,12 +199,6 @@ class TileStore:
                     fill_value=0,
                 )
         g.attrs["tileseg"] = json.loads(json.dumps(attrs, default=str))
-        try:
-            os.rename(tmp, p)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
-                raise
             # another shard won the race; its store is the one we open
 
     def check(self, fingerprint: dict[str, Any], num_shards: int) -> None:

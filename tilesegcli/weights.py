@@ -20,13 +20,13 @@ import http.client
 import logging
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tilesegcli.atomic import atomic_path
 from tilesegcli.errors import WeightsError, first_line
 
 if TYPE_CHECKING:
@@ -207,13 +207,11 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None = Non
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WeightsError(f"cannot create the weights cache {dest.parent}: {e.strerror}") from None
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(dest) as tmp:
         h = hashlib.sha256()
         received = 0
         log.warning("downloading %s -> %s", url, dest)
-        with os.fdopen(fd, "wb") as out:
+        with open(tmp, "wb") as out:
             try:
                 with urllib.request.urlopen(url, timeout=timeout) as resp:
                     declared = resp.headers.get("Content-Length")
@@ -244,14 +242,11 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None = Non
             raise WeightsError(f"checksum mismatch for {url}: sha256 {got[:12]}…, expected "
                                f"{sha256[:12]}… (corrupt or changed file; not cached)")
         if verify_load:
-            load_checkpoint(tmp)  # refuses unsafe pickles and unreadable files before caching
-        os.replace(tmp, dest)
-        if sha256 is None:
-            log.warning("weights %s: no checksum known; sha256 is %s (verified by loading)",
-                        dest.name, got)
-        return dest
-    finally:
-        tmp.unlink(missing_ok=True)
+            load_weights_file(tmp)  # refuses unsafe pickles and unreadable files before caching
+    if sha256 is None:
+        log.warning("weights %s: no checksum known; sha256 is %s (verified by loading)",
+                    dest.name, got)
+    return dest
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -266,8 +261,9 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < 1 << 28
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint without executing code: safetensors, or torch.load(weights_only=True)."""
+def load_weights_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a weights file (a card's, or any state dict) without executing code: safetensors, or
+    torch.load(weights_only=True). Training checkpoints: ``train.checkpoint.load_training_state``."""
     import pickle
 
     import torch
@@ -353,12 +349,11 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.Path
         if half and v.is_floating_point():
             v = v.to(torch.float16)
         tensors[k] = v.contiguous()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; weights are meant to be shared
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors writes 0600; weights are meant to be shared
     return sha256_file(path)
 
 
@@ -370,14 +365,9 @@ def install_weights(card: ModelCard, src: str | os.PathLike) -> Path:
         raise WeightsError(f"model {card.name} ships its weights; nothing to install")
     src = Path(src)
     _check_sha(src, spec.sha256, spec.size)
-    load_checkpoint(src)
+    load_weights_file(src)
     dest = weights_dir() / (spec.filename or src.name)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    os.close(fd)
-    try:
+    with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return dest

@@ -66,6 +66,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from tilesegcli.atomic import atomic_path
 from tilesegcli.errors import ModelNotFoundError, UsageError
 from tilesegcli.segmenter import ClassInfo
 from tilesegcli.specs import IMAGENET_MEAN, IMAGENET_STD
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: the card `tileseg predict` and `tilesegcli.predict` use when no model is named
 DEFAULT_MODEL = "aff-nuclei"
 CARD_FORMAT = 1
 TASKS = ("semantic", "instance", "panoptic")
@@ -462,9 +464,8 @@ def write_card(card: ModelCard | Mapping[str, Any], path: str | os.PathLike) -> 
     data = card.to_dict() if isinstance(card, ModelCard) else _thaw(card)
     card_from_dict(data)  # validate before writing
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return path
 
 

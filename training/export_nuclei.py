@@ -15,9 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
+from tilesegcli.train.checkpoint import load_training_state
 from tilesegcli.train.config import TrainConfig
-from tilesegcli.train.loop import load_checkpoint
-from tilesegcli.train.validate import export
+from tilesegcli.train.export import export_card
 
 LICENCE = ("Weights: trained by the tileseg project; usable for NON-COMMERCIAL purposes only, "
            "because the training data include MoNuSeg 2018 (CC BY-NC-SA 4.0, non-commercial, "
@@ -32,7 +32,7 @@ def lineage(checkpoint: str) -> list[tuple[str, int, dict]]:
     out: list[tuple[str, int, dict]] = []
     path: str | None = checkpoint
     while path and Path(path).suffix == ".pt" and Path(path).is_file():
-        state = load_checkpoint(path, mmap=True)
+        state = load_training_state(path, mmap=True)
         out.append((Path(path).parent.name, int(state["step"]), state["config"]))
         path = state["config"].get("init_from")
     return out
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--out", default="tilesegcli/models/aff-nuclei.json")
     a = ap.parse_args()
 
-    state = load_checkpoint(a.checkpoint, mmap=True)  # config and step; export() reads the weights
+    state = load_training_state(a.checkpoint, mmap=True)  # config and step; export_card reads the weights
     cfg = TrainConfig.from_dict(state["config"])
     step = int(state["step"])
     val = json.loads(Path(a.val_json).read_text())
@@ -147,12 +147,12 @@ def main() -> None:
                          f"{cfg.scale_range[0]}-{cfg.scale_range[1]}"),
         "resume": f"tileseg train --resume training/{run_dir.name}",
     }
-    p = export(a.checkpoint, a.out, name="aff-nuclei", description=description, licence=LICENCE,
-               metrics=metrics, extra=extra,
-               overrides={"score_threshold": a.score_threshold,
-                          "min_visible_fraction": a.min_visible,
-                          "cleanup_radius": a.cleanup_radius, "min_area": a.min_area,
-                          "flip_views": a.flip_views, "fg_gate": a.fg_gate})
+    p = export_card(a.checkpoint, a.out, name="aff-nuclei", description=description, licence=LICENCE,
+                    metrics=metrics, extra=extra,
+                    overrides={"score_threshold": a.score_threshold,
+                               "min_visible_fraction": a.min_visible,
+                               "cleanup_radius": a.cleanup_radius, "min_area": a.min_area,
+                               "flip_views": a.flip_views, "fg_gate": a.fg_gate})
     print(p)
 
 

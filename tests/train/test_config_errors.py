@@ -27,7 +27,7 @@ def test_options_of_the_right_type_pass() -> None:
 
 def test_not_a_checkpoint_and_truncated_checkpoint(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    from tilesegcli.train.loop import load_checkpoint
+    from tilesegcli.train.checkpoint import load_training_state
 
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint\n")
@@ -35,10 +35,10 @@ def test_not_a_checkpoint_and_truncated_checkpoint(tmp_path: Path) -> None:
     torch.save({"step": 3, "model": {"w": torch.zeros(1000)}}, good)
     cut = tmp_path / "cut.pt"
     cut.write_bytes(good.read_bytes()[:2000])
-    assert load_checkpoint(good)["step"] == 3
+    assert load_training_state(good)["step"] == 3
     for bad in (text, cut):
         with pytest.raises(WeightsError, match="not a whole training checkpoint") as e:
-            load_checkpoint(bad)
+            load_training_state(bad)
         assert "\n" not in str(e.value)
     with pytest.raises(UsageError, match="no checkpoint"):
-        load_checkpoint(tmp_path / "missing.pt")
+        load_training_state(tmp_path / "missing.pt")

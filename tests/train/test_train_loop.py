@@ -55,9 +55,9 @@ def _cfg(tmp_path: Path, out: str, steps: int) -> TrainConfig:
 
 
 def _weights(run: Path) -> dict:
-    from tilesegcli.train.loop import load_checkpoint
+    from tilesegcli.train.checkpoint import load_training_state
 
-    return load_checkpoint(run / "last.pt")
+    return load_training_state(run / "last.pt")
 
 
 def test_exact_resume_and_export(tmp_path: Path) -> None:
@@ -75,8 +75,9 @@ def test_exact_resume_and_export(tmp_path: Path) -> None:
     assert [r["event"] for r in log if r["event"] in ("start", "resume")] == ["start", "resume"]
 
     # validation through the shipped Segmenter, then export -> card -> load_segmenter
+    from tilesegcli.train.export import export_card
     from tilesegcli.train.net import build_net
-    from tilesegcli.train.validate import export, validate
+    from tilesegcli.train.validate import validate
     from tilesegcli.zoo import load_segmenter
 
     cfg = TrainConfig.from_dict(wa["config"])
@@ -85,8 +86,8 @@ def test_exact_resume_and_export(tmp_path: Path) -> None:
     _, val = cfg.load_data()
     res = validate(net, val, cfg)
     assert set(res["mean"]) >= {"pq", "aji", "f1", "dice"}
-    card = export(a / "last.pt", tmp_path / "m" / "tiny.json", name="tiny", description="test",
-                  licence="CC0", metrics={"val PQ": res["mean"]["pq"]})
+    card = export_card(a / "last.pt", tmp_path / "m" / "tiny.json", name="tiny", description="test",
+                       licence="CC0", metrics={"val PQ": res["mean"]["pq"]})
     d = json.loads(card.read_text())
     assert d["weights"]["bundled"] and d["mpp"] == 0.5 and d["classes"] == ["nucleus"]
     seg = load_segmenter(str(card), device="cpu")
@@ -144,9 +145,9 @@ def test_cli_errors(tmp_path: Path) -> None:
 def test_init_from_checkpoint_and_card(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--init-from copies every tensor that fits (a checkpoint, or an exported card) and leaves
     new parts (here a stride-2 mask branch) at their fresh initialisation."""
+    from tilesegcli.train.export import export_card
     from tilesegcli.train.loop import init_weights, train
     from tilesegcli.train.net import build_net
-    from tilesegcli.train.validate import export
 
     a = train(_cfg(tmp_path, "base", 2))
     src = _weights(a)["model"]
@@ -161,8 +162,8 @@ def test_init_from_checkpoint_and_card(tmp_path: Path, monkeypatch: pytest.Monke
     for k, v in got.items():
         assert torch.equal(v, src[k] if k in src else fresh[k]), k
     (tmp_path / "m").mkdir()
-    card = export(a / "last.pt", tmp_path / "m" / "tiny.json", name="tiny", description="t",
-                  licence="CC0")
+    card = export_card(a / "last.pt", tmp_path / "m" / "tiny.json", name="tiny", description="t",
+                       licence="CC0")
     net2 = build_net(cfg)
     n2, _ = init_weights(net2, str(card))
     assert n2 == sum(1 for k in src if k.startswith("model."))
@@ -202,8 +203,8 @@ def test_init_from_checkpoint_and_card(tmp_path: Path, monkeypatch: pytest.Monke
 
     read_source.cache_clear()
     reads = []
-    real_load = weights_mod.load_checkpoint
-    monkeypatch.setattr(weights_mod, "load_checkpoint", lambda *a, **k: reads.append(a) or real_load(*a, **k))
+    real_load = weights_mod.load_weights_file
+    monkeypatch.setattr(weights_mod, "load_weights_file", lambda *a, **k: reads.append(a) or real_load(*a, **k))
     r = CliRunner().invoke(cmd, ["--init-from", str(card), "-O", f"train_list={tr}",
                                  "-O", f"val_list={va}", "-O", f"out_dir={tmp_path / 'ft'}",
                                  "-O", "steps=1", "-O", "val_every=0", "-O", "threads=1",
@@ -222,8 +223,8 @@ def test_init_from_checkpoint_and_card(tmp_path: Path, monkeypatch: pytest.Monke
     # the exported stride-2 model runs through the shipped Segmenter at full tile resolution
     from tilesegcli.zoo import load_segmenter
 
-    hr = export(b / "last.pt", tmp_path / "m" / "tiny-hr.json", name="tiny-hr", description="t",
-                licence="CC0")
+    hr = export_card(b / "last.pt", tmp_path / "m" / "tiny-hr.json", name="tiny-hr", description="t",
+                     licence="CC0")
     seg = load_segmenter(str(hr), device="cpu")
     assert seg.mask_stride == 2
     img = np.full((1, 64, 64, 3), 225, np.uint8)

@@ -16,11 +16,12 @@ import pytest
 import shapely
 
 from tilesegcli.errors import OutputError, UsageError
+from tilesegcli.formats import format_from_path
 from tilesegcli.segmenter import ClassInfo
 from tilesegcli.specs import LevelInfo, SlideInfo
 from tilesegcli.stitching import StitchedObject
 from tilesegcli.tiling import make_grid
-from tilesegcli.writers import format_from_path, open_writer
+from tilesegcli.writers import open_writer
 
 CLASSES = [ClassInfo("background", (0, 0, 0)), ClassInfo("Tumor", (200, 0, 0)), ClassInfo("Stroma", (0, 150, 0))]
 SLIDE = SlideInfo("s.svs", "openslide", 8000, 6000, (LevelInfo(8000, 6000, 1.0),), mpp=0.25)

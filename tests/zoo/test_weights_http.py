@@ -16,8 +16,8 @@ from tilesegcli.errors import WeightsError
 from tilesegcli.weights import (
     cache_dir,
     extract_state_dict,
-    load_checkpoint,
     load_state_dict_strict,
+    load_weights_file,
     resolve_weights,
     save_safetensors,
 )
@@ -131,7 +131,7 @@ def test_download_verify_cache_hit_and_strict_load(env):
     assert s.hits == ["/good.pth"]
     assert _cache_files(env["cache"]) == ["test-net.pth"]
     fresh = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 3))
-    sd = extract_state_dict(load_checkpoint(p), source=str(p))
+    sd = extract_state_dict(load_weights_file(p), source=str(p))
     load_state_dict_strict(fresh, sd, ignore_keys=card.weights.ignore_keys, source=str(p))
     for k, v in env["net"].state_dict().items():
         assert torch.equal(fresh.state_dict()[k], v)
@@ -180,7 +180,7 @@ def test_malicious_pickle_refused_even_with_right_checksum(env):
     assert not env["marker"].exists()
     assert _cache_files(env["cache"]) == []
     with pytest.raises(WeightsError, match="refusing to load"):
-        load_checkpoint(env["evil"])  # the same file given locally (--weights FILE)
+        load_weights_file(env["evil"])  # the same file given locally (--weights FILE)
     assert not env["marker"].exists()
 
 
@@ -230,7 +230,7 @@ def test_strict_loading_rejects_mismatches(env, tmp_path):
     trunc = tmp_path / "trunc.pth"
     trunc.write_bytes(env["good"][: len(env["good"]) // 2])
     with pytest.raises(WeightsError, match="truncated or corrupt"):
-        load_checkpoint(trunc)
+        load_weights_file(trunc)
 
 
 def test_bundled_safetensors_and_checksum(tmp_path):
@@ -238,7 +238,7 @@ def test_bundled_safetensors_and_checksum(tmp_path):
     sha = save_safetensors(net.state_dict(), tmp_path / "w.safetensors", half=True)
     card = _card(None, sha, base_dir=tmp_path, bundled=True, filename="w.safetensors")
     p = resolve_weights(card)
-    sd = load_checkpoint(p)
+    sd = load_weights_file(p)
     assert all(v.dtype == torch.float16 for v in sd.values())
     fresh = _net()
     load_state_dict_strict(fresh, {k: v.float() for k, v in sd.items()})

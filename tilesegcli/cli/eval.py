@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import click
 
+from tilesegcli.atomic import atomic_path
 from tilesegcli.errors import OutputError
 
 
@@ -57,11 +56,8 @@ def _clean(x: object) -> object:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    d = path.resolve().parent
     try:
-        fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
+        with atomic_path(path.resolve()) as tmp:
+            tmp.write_text(text + "\n")
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e}") from e

@@ -14,7 +14,8 @@ from typing import Any
 
 import click
 
-from tilesegcli.config import FORMATS, parse_shard
+from tilesegcli.config import parse_shard
+from tilesegcli.formats import FORMATS
 
 F = Callable[..., Any]
 

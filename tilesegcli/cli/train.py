@@ -29,7 +29,7 @@ from tilesegcli.errors import UsageError
               help="With --validate: score each instance score threshold (one network pass), "
                    "e.g. to pick the card's score_threshold on a tuning list (-O val_list=...); "
                    "the other post-processing settings (-O min_visible_fraction=F, ...) apply.")
-@click.option("--export", "export_card", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--export", "card_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Only write the --resume checkpoint as a model card (+ .safetensors beside it).")
 @click.option("--name", default=None, help="Model name for --export (default: the card's stem).")
 @click.option("--description", default="", help="Card description for --export.")
@@ -39,7 +39,7 @@ from tilesegcli.errors import UsageError
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --validate: also write the metrics as JSON.")
 def train(config_path: Path | None, options: tuple[str, ...], resume: Path | None,
-          init_from: str | None, thresholds: str | None, validate_only: bool, export_card: Path | None, name: str | None, description: str,
+          init_from: str | None, thresholds: str | None, validate_only: bool, card_out: Path | None, name: str | None, description: str,
           licence: str, metrics_json: Path | None, json_out: Path | None) -> None:
     """Train an AFF + Mask2Former instance model on annotated images.
 
@@ -62,20 +62,20 @@ def train(config_path: Path | None, options: tuple[str, ...], resume: Path | Non
         if resume is not None:
             raise UsageError("--init-from starts a new run; it cannot be used with --resume")
         overrides["init_from"] = init_from
-    if export_card is not None or validate_only:
+    if card_out is not None or validate_only:
         if resume is None:
             raise UsageError("--export/--validate need --resume CHECKPOINT")
-        ckpt = resume / "best.pt" if resume.is_dir() else resume
-        if not ckpt.is_file():
-            ckpt = resume / "last.pt"
+        from tilesegcli.train.checkpoint import run_checkpoint
+
+        ckpt = run_checkpoint(resume, best=True)
         if validate_only:
             _validate(ckpt, overrides, json_out, _parse_thresholds(thresholds))
-        if export_card is not None:
-            from tilesegcli.train.validate import export
+        if card_out is not None:
+            from tilesegcli.train.export import export_card
 
             metrics = json.loads(metrics_json.read_text()) if metrics_json else None
-            p = export(ckpt, export_card, name=name or export_card.stem, description=description,
-                       licence=licence, metrics=metrics, overrides=overrides)
+            p = export_card(ckpt, card_out, name=name or card_out.stem, description=description,
+                            licence=licence, metrics=metrics, overrides=overrides)
             click.echo(f"wrote {p} and {p.with_suffix('.safetensors')}")
         return
     from tilesegcli.train.loop import train as run
@@ -112,37 +112,17 @@ def _parse_thresholds(text: str | None) -> list[float] | None:
 
 def _validate(ckpt: Path, overrides: dict, json_out: Path | None,
               thresholds: list[float] | None = None) -> None:
-    import torch
+    from tilesegcli.train.validate import validate_checkpoint, write_json
 
-    from tilesegcli.train.config import TrainConfig
-    from tilesegcli.train.loop import load_checkpoint
-    from tilesegcli.train.net import build_net
-    from tilesegcli.train.validate import validate, write_json
-
-    state = load_checkpoint(ckpt)
-    cfg = TrainConfig.from_dict(state["config"]).with_updates(**overrides)
-    torch.set_num_threads(cfg.threads)
-    net = build_net(cfg)
-    net.load_state_dict(state["model"])
-    _, val = cfg.load_data(train=False)
-    if not val:
-        raise UsageError("the configuration has no validation images")
+    res = validate_checkpoint(ckpt, overrides, thresholds)
     if thresholds is not None:
-        from tilesegcli.train.validate import segmenter_for, sweep_thresholds
-
-        with torch.no_grad():
-            # the card built from cfg carries every post-processing setting (-O ... applies)
-            sweep = sweep_thresholds(segmenter_for(net, cfg), val, cfg.tile, cfg.overlap, thresholds)
-        for t, m in sweep.items():
+        for t, m in res["thresholds"].items():
             click.echo(f"threshold {t:<6g} " + "  ".join(
                 f"{k.upper()} {_f(m[k])}" for k in ("pq", "dq", "sq", "aji", "f1", "dice")))
         if json_out is not None:
-            write_json(json_out, {"checkpoint": str(ckpt), "step": int(state["step"]),
-                                  "thresholds": {str(t): m for t, m in sweep.items()}})
+            write_json(json_out, {"checkpoint": res["checkpoint"], "step": res["step"],
+                                  "thresholds": {str(t): m for t, m in res["thresholds"].items()}})
         return
-    res = validate(net, val, cfg)
-    res["checkpoint"] = str(ckpt)
-    res["step"] = int(state["step"])
     for img, m in res["per_image"].items():
         click.echo(f"{img:32s} " + "  ".join(f"{k.upper()} {_f(v)}" for k, v in m.items()))
     click.echo(f"{'MEAN':32s} " + "  ".join(f"{k.upper()} {_f(res['mean'][k])}"

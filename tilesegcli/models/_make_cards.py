@@ -12,26 +12,30 @@ import json
 import re
 from pathlib import Path
 
+from tilesegcli.specs import IMAGENET_MEAN, IMAGENET_STD
+
 HERE = Path(__file__).resolve().parent
 URL = "https://docs-assets.developer.apple.com/ml-research/models/aff"
-MEAN = [123.675, 116.28, 103.53]
-STD = [58.395, 57.12, 57.375]
 
-# Backbone sizes (SEG configs: NBHD_SIZE 48 x4; base is the 22k->1k 384 model with clusters of 24).
-SIZES = {
-    "mini": dict(embed_dim=[32, 128, 256, 384], depths=[2, 2, 6, 2], num_heads=[2, 4, 8, 16],
-                 mlp_ratio=2.0, cluster_size=8, nbhd_size=[48, 48, 48, 48], layer_scale=0.0),
-    "tiny": dict(embed_dim=[64, 128, 256, 512], depths=[3, 4, 18, 5], num_heads=[2, 4, 8, 16],
-                 mlp_ratio=3.0, cluster_size=8, nbhd_size=[48, 48, 48, 48], layer_scale=0.0),
-    "small": dict(embed_dim=[96, 192, 384, 768], depths=[3, 4, 18, 2], num_heads=[3, 6, 12, 24],
-                  mlp_ratio=3.0, cluster_size=8, nbhd_size=[48, 48, 48, 48], layer_scale=1e-5),
-    "base": dict(embed_dim=[128, 256, 512, 1024], depths=[3, 4, 18, 2], num_heads=[4, 8, 16, 32],
-                 mlp_ratio=3.0, cluster_size=24, nbhd_size=[144, 144, 144, 144], layer_scale=1e-5),
-}
-CLS_FILE = {"mini": "aff_mini", "tiny": "aff_tiny", "small": "aff_small",
-            "base": "aff_base_22kto1k_384"}
 SEG_FILE = {"mini": "aff_mini", "tiny": "aff_tiny", "small": "aff_small",
             "base": "aff_base_22kto1k_384"}
+CLS_FILE = SEG_FILE  # both official repositories name the files alike
+
+
+def _backbone_kwargs(config: str) -> dict:
+    """A card's ``backbone_kwargs`` of a registered AFF configuration (SEG neighbourhoods): the
+    sizes live once, in ``tilesegcli.nn.aff.AFF_CONFIGS``."""
+    from tilesegcli.nn.aff import AFF_CONFIGS
+
+    c = AFF_CONFIGS[config]
+    return dict(embed_dim=list(c["embed_dim"]), depths=list(c["depths"]),
+                num_heads=list(c["num_heads"]), mlp_ratio=c["mlp_ratio"],
+                cluster_size=c["cluster_size"], nbhd_size=list(c["nbhd_seg"]),
+                layer_scale=c["layer_scale"])
+
+
+# Backbone sizes (SEG configs: NBHD_SIZE 48 x4; base is the 22k->1k 384 model with clusters of 24).
+SIZES = {size: _backbone_kwargs(config) for size, config in SEG_FILE.items()}
 
 # dataset tag -> (folder, task, class set, num classes, alpha, shepard (power, learnable),
 #                 train resolution (h, w), tile, overlap, published metric per size)
@@ -118,7 +122,7 @@ def seg_card(variant: str, tag: str) -> dict:
         },
         "classes": classes,
         "background": "implicit",
-        "input": {"mean": MEAN, "std": STD, "size_divisibility": 32},
+        "input": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "size_divisibility": 32},
         "train_resolution": d["train"],
         "mpp": 1.0, "mpp_unit": "um", "mpp_nominal": True,
         "tile_size": d["tile"], "overlap": d["overlap"], "min_area": 64,

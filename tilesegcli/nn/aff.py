@@ -37,7 +37,7 @@ from tilesegcli.nn.aff_ops import (
     plan_global,
 )
 from tilesegcli.nn.clustering import choose_centres, nearest_clusters, space_filling_cluster
-from tilesegcli.nn.types import BackboneOutput, PointLevel
+from tilesegcli.nn.types import BackboneOutput, PointLevel, stage_channels
 
 SEG_REL_POS_WIDTH = 2048 // 4 - 1  # 511: the SEG table's half-width; offsets are clamped to it
 
@@ -292,7 +292,7 @@ class AutoFocusFormer(nn.Module):
     @property
     def out_channels(self) -> dict[str, int]:
         """Channels of the SEG levels: {"res2": C0, ..., "res5": C3}."""
-        return {f"res{i + 2}": c for i, c in enumerate(self.embed_dim)}
+        return stage_channels(self.embed_dim)
 
     def forward_intermediates(self, x: torch.Tensor) -> dict[str, Any]:
         """Every stage's tokens: "stages" (after blocks, before downsampling and before any norm),
@@ -364,7 +364,7 @@ def aff_out_channels(name: str) -> dict[str, int]:
     """Channels of the SEG levels of a registered configuration, without building it."""
     if name not in AFF_CONFIGS:
         raise KeyError(f"unknown AFF configuration {name!r}; known: {sorted(AFF_CONFIGS)}")
-    return {f"res{i + 2}": c for i, c in enumerate(AFF_CONFIGS[name]["embed_dim"])}
+    return stage_channels(AFF_CONFIGS[name]["embed_dim"])
 
 
 def build_aff(name: str, *, variant: str = "seg", num_classes: int | None = None,

@@ -25,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tilesegcli.errors import WeightsError
 from tilesegcli.nn.hires import HiResMaskFeatures, masks_from_embed
+from tilesegcli.nn.inputs import channel_stats, normalise, pad_to_multiple
 from tilesegcli.nn.m2f_decoder import MultiScaleMaskedTransformerDecoder
 from tilesegcli.nn.pixel_decoder import MSDeformAttnPixelDecoder, PixelDecoderOutput
-from tilesegcli.nn.types import BackboneOutput
+from tilesegcli.nn.types import BackboneOutput, stage_channels
 from tilesegcli.specs import IMAGENET_MEAN, IMAGENET_STD
 
 #: detectron2 PIXEL_MEAN / PIXEL_STD (RGB, 0-255 scale) used by every official SEG config.
@@ -40,18 +40,6 @@ PIXEL_MEAN, PIXEL_STD = IMAGENET_MEAN, IMAGENET_STD
 
 #: Keys of official files that are not model parameters and are skipped on load.
 IGNORED_CHECKPOINT_KEYS = frozenset({"criterion.empty_weight", "pixel_mean", "pixel_std"})
-
-#: Stage widths of the official backbones (AFF-REFERENCE §1.1).
-BACKBONE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
-    "aff_mini": (32, 128, 256, 384),
-    "aff_mini_1_5th": (32, 128, 256, 384),
-    "aff_tiny": (64, 128, 256, 512),
-    "aff_tiny_1_5th": (64, 128, 256, 512),
-    "aff_small": (96, 192, 384, 768),
-    "aff_small_1_5th": (96, 192, 384, 768),
-    "aff_base": (128, 256, 512, 1024),
-    "aff_base_22kto1k_384": (128, 256, 512, 1024),
-}
 
 _HEAD_COMMON: dict[str, Any] = dict(
     num_queries=100, hidden_dim=256, conv_dim=256, mask_dim=256, nheads=8,
@@ -184,17 +172,13 @@ class AFFMask2Former(nn.Module):
         self.sem_seg_head.predictor.pe_per_image = on
 
     def forward(self, images: torch.Tensor, with_aux: bool = True) -> dict:
-        d = self.size_divisibility
-        if d > 1:
-            h, w = images.shape[-2:]
-            images = F.pad(images, (0, (-w) % d, 0, (-h) % d))
+        images = pad_to_multiple(images, self.size_divisibility)
         return self.sem_seg_head(self.backbone(images), with_aux=with_aux, images=images)
 
     def normalize(self, rgb_uint8: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 RGB -> the normalised float input of ``forward``."""
-        mean = torch.tensor(self.pixel_mean, device=rgb_uint8.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.pixel_std, device=rgb_uint8.device).view(1, 3, 1, 1)
-        return (rgb_uint8.float() - mean) / std
+        mean, std = channel_stats(self.pixel_mean, self.pixel_std, rgb_uint8.device)
+        return normalise(rgb_uint8, mean, std)
 
 
 def _backbone_channels(backbone: nn.Module, name: str) -> dict[str, int]:
@@ -203,9 +187,7 @@ def _backbone_channels(backbone: nn.Module, name: str) -> dict[str, int]:
         if isinstance(v, dict):
             return {k: int(v[k]) for k in ("res2", "res3", "res4", "res5")}
         if isinstance(v, list | tuple) and len(v) == 4:
-            return {f"res{i + 2}": int(c) for i, c in enumerate(v)}
-    if name in BACKBONE_CHANNELS:
-        return {f"res{i + 2}": c for i, c in enumerate(BACKBONE_CHANNELS[name])}
+            return stage_channels(v)
     raise ValueError(f"cannot tell the stage widths of backbone {name!r}")
 
 

@@ -352,17 +352,21 @@ def _cfg(c: Sequence[int], t: Sequence[int], first_t: int = 1) -> tuple:
     )
 
 
+def _official(c: tuple[int, ...], t: tuple[int, ...], key_dims: tuple[int, ...],
+              depths: tuple[int, ...], num_heads: int, head_dims: tuple[int, ...], *,
+              first_t: int = 1, mlp_ratios: tuple[float, ...] = (2, 4)) -> SeaFormerConfig:
+    """An official size from its widths ``c`` (stem + five stages, given once): the attention
+    branches run at the last ``len(depths)`` widths."""
+    return SeaFormerConfig(_cfg(c, t, first_t), c, c[-len(depths):], key_dims, depths, num_heads,
+                           head_dims, mlp_ratios=mlp_ratios)
+
+
 SEAFORMER_CONFIGS: dict[str, SeaFormerConfig] = {
-    "tiny": SeaFormerConfig(_cfg((16, 16, 32, 64, 128, 160), (3, 3, 3)),
-                            (16, 16, 32, 64, 128, 160), (128, 160), (16, 24), (2, 2), 4, (64, 96)),
-    "small": SeaFormerConfig(_cfg((16, 24, 48, 96, 160, 192), (3, 3, 4)),
-                             (16, 24, 48, 96, 160, 192), (160, 192), (16, 24), (3, 3), 6, (96, 128)),
-    "base": SeaFormerConfig(_cfg((16, 32, 64, 128, 192, 256), (3, 3, 4)),
-                            (16, 32, 64, 128, 192, 256), (192, 256), (16, 24), (4, 4), 8,
-                            (128, 160)),
-    "large": SeaFormerConfig(_cfg((32, 64, 128, 192, 256, 320), (4, 4, 4), first_t=3),
-                             (32, 64, 128, 192, 256, 320), (192, 256, 320), (16, 20, 24),
-                             (3, 3, 3), 8, (128, 160, 192), mlp_ratios=(2, 4, 6)),
+    "tiny": _official((16, 16, 32, 64, 128, 160), (3, 3, 3), (16, 24), (2, 2), 4, (64, 96)),
+    "small": _official((16, 24, 48, 96, 160, 192), (3, 3, 4), (16, 24), (3, 3), 6, (96, 128)),
+    "base": _official((16, 32, 64, 128, 192, 256), (3, 3, 4), (16, 24), (4, 4), 8, (128, 160)),
+    "large": _official((32, 64, 128, 192, 256, 320), (4, 4, 4), (16, 20, 24), (3, 3, 3), 8,
+                       (128, 160, 192), first_t=3, mlp_ratios=(2, 4, 6)),
     # a few-thousand-parameter variant for fast tests (not a published size)
     "test": SeaFormerConfig(
         (((3, 1, 8, 1), (3, 2, 8, 2)), ((3, 2, 16, 2),), ((3, 2, 16, 2),), ((3, 2, 24, 2),)),

@@ -35,6 +35,7 @@ from torch import nn
 
 from tilesegcli.device import select_device
 from tilesegcli.errors import UsageError
+from tilesegcli.nn.inputs import channel_stats, tiles_to_input
 from tilesegcli.segmenter import TileResult
 
 if TYPE_CHECKING:
@@ -64,9 +65,9 @@ def build_model(card: ModelCard) -> nn.Module:
 def load_weights(model: nn.Module, path: str | Path, card: ModelCard) -> None:
     """Strictly load a checkpoint file (official detectron2, ours, or safetensors) into model."""
     from tilesegcli.nn.aff_m2f import IGNORED_CHECKPOINT_KEYS
-    from tilesegcli.weights import extract_state_dict, load_checkpoint, load_state_dict_strict
+    from tilesegcli.weights import extract_state_dict, load_state_dict_strict, load_weights_file
 
-    sd = extract_state_dict(load_checkpoint(path), source=str(path))
+    sd = extract_state_dict(load_weights_file(path), source=str(path))
     sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
     ignore = set(card.weights.ignore_keys) | set(IGNORED_CHECKPOINT_KEYS)
     load_state_dict_strict(model, sd, ignore_keys=ignore, source=str(path))
@@ -96,8 +97,7 @@ class AFFSegmenter:
         # A tile's result must not depend on which tiles share its batch (resume, sharding and
         # --batch-size would otherwise change outputs): per image, as official at batch 1.
         model.set_batch_independent(True)
-        self._mean = torch.tensor(card.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(card.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._mean, self._std = channel_stats(card.mean, card.std, self.device)
         self._div = max(1, int(card.size_divisibility))
         off = card.class_offset
         n_model = card.num_model_classes
@@ -136,13 +136,7 @@ class AFFSegmenter:
                              f"{getattr(tiles, 'shape', type(tiles))}")
         if tiles.dtype != np.uint8:
             raise ValueError(f"tiles must be uint8 RGB, got {tiles.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
-        x = (x.permute(0, 3, 1, 2).float() - self._mean) / self._std
-        h, w = x.shape[-2:]
-        ph, pw = -h % self._div, -w % self._div
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), value=0.0)
-        return x
+        return tiles_to_input(tiles, self._mean, self._std, self._div, self.device)
 
     def _amp_model(self, x: torch.Tensor) -> dict:
         """Mixed precision like the official code: backbone and transformer decoder under

@@ -91,14 +91,14 @@ def load_semantic_weights(net: nn.Module, path: str | Path, *, family: str,
                           sha256: str | None = None) -> None:
     """Read a weights file without executing code (safetensors / ``weights_only``), verify its
     sha256 when given, and load it strictly into ``net``."""
-    from tilesegcli.weights import extract_state_dict, load_checkpoint, sha256_file
+    from tilesegcli.weights import extract_state_dict, load_weights_file, sha256_file
 
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     if sha256 is not None and sha256_file(path) != sha256.lower():
         raise WeightsError(f"{path}: sha256 mismatch (corrupt or wrong file)")
-    sd = extract_state_dict(load_checkpoint(path), source=path.name)
+    sd = extract_state_dict(load_weights_file(path), source=path.name)
     load_semantic_state(net, sd, family=family, source=path.name)
 
 
@@ -117,10 +117,10 @@ def load_backbone_weights(net: nn.Module, path: str | Path, *, family: str) -> l
     anything else missing is a WeightsError."""
     import torch
 
-    from tilesegcli.weights import extract_state_dict, load_checkpoint
+    from tilesegcli.weights import extract_state_dict, load_weights_file
 
     path = Path(path)
-    obj = load_checkpoint(path)
+    obj = load_weights_file(path)
     if isinstance(obj.get("state_dict_ema"), Mapping):  # timm EMA weights (official SeaFormer)
         obj = obj["state_dict_ema"]
     sd = extract_state_dict(obj, source=path.name)
@@ -170,7 +170,7 @@ class SemanticSegmenter:
                  std: Sequence[float] = IMAGENET_STD, mpp: float | None = None,
                  mpp_unit: str = "um", tile_size: int = 512, overlap: int = 64,
                  size_divisibility: int = 1, device: str = "auto") -> None:
-        import torch
+        from tilesegcli.nn.inputs import channel_stats
 
         num = getattr(net, "num_classes", None)
         if num is not None and num + class_offset != len(classes):
@@ -183,8 +183,7 @@ class SemanticSegmenter:
         self.size_divisibility = max(1, int(size_divisibility))
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
-        self._mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._mean, self._std = channel_stats(mean, std, self.device)
 
     @classmethod
     def from_card(cls, card: ModelCard, *, weights: str | Path | None = None,
@@ -192,10 +191,10 @@ class SemanticSegmenter:
         arch = card.architecture
         family = _family(str(arch.get("backbone", "")))
         net = build_semantic_net(arch)
-        from tilesegcli.weights import extract_state_dict, load_checkpoint, resolve_weights
+        from tilesegcli.weights import extract_state_dict, load_weights_file, resolve_weights
 
         path = resolve_weights(card, weights)  # explicit > bundled > cache > download; sha256
-        sd = extract_state_dict(load_checkpoint(path), source=path.name)
+        sd = extract_state_dict(load_weights_file(path), source=path.name)
         load_semantic_state(net, sd, family=family, source=path.name,
                             ignore_keys=card.weights.ignore_keys)
         return cls(net, name=card.name, classes=card.classes, class_offset=card.class_offset,
@@ -206,7 +205,8 @@ class SemanticSegmenter:
     def forward(self, tiles: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, C, H, W) float32 probabilities on the device."""
         import torch
-        import torch.nn.functional as F
+
+        from tilesegcli.nn.inputs import tiles_to_input
 
         if not (isinstance(tiles, np.ndarray) and tiles.ndim == 4 and tiles.shape[-1] == 3
                 and tiles.dtype == np.uint8):
@@ -214,12 +214,7 @@ class SemanticSegmenter:
             raise UsageError(f"expected (B, H, W, 3) uint8 tiles, got {shape} "
                              f"{getattr(tiles, 'dtype', type(tiles).__name__)}")
         _, h, w, _ = tiles.shape
-        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
-        x = (x.permute(0, 3, 1, 2).float() - self._mean) / self._std
-        d = self.size_divisibility
-        ph, pw = (-h) % d, (-w) % d
-        if ph or pw:  # zero = the mean colour after normalisation
-            x = F.pad(x, (0, pw, 0, ph))
+        x = tiles_to_input(tiles, self._mean, self._std, self.size_divisibility, self.device)
         with torch.inference_mode():
             logits = self.net(x, upsample=True)[..., :h, :w].float()
             prob = logits.softmax(dim=1)

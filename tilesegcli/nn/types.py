@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+
+def stage_channels(widths: Sequence[int]) -> dict[str, int]:
+    """The level names a backbone's stage widths go by: ``{"res2": C0, ..., "res5": C3}``."""
+    return {f"res{i + 2}": int(c) for i, c in enumerate(widths)}
 
 
 @dataclass

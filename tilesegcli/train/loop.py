@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -23,7 +22,14 @@ from typing import Any
 import numpy as np
 
 from tilesegcli.device import select_device
-from tilesegcli.errors import UsageError, WeightsError, first_line
+from tilesegcli.errors import UsageError
+from tilesegcli.train.checkpoint import (
+    BEST,
+    LAST,
+    load_training_state,
+    run_checkpoint,
+    save_training_state,
+)
 from tilesegcli.train.config import TrainConfig
 
 
@@ -38,33 +44,6 @@ def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
 def _log(path: Path, rec: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(rec) + "\n")
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
-    """A training checkpoint (safe unpickling only); ``mmap`` maps tensors lazily, for callers
-    that only read its step or configuration."""
-    import zipfile
-
-    import torch
-
-    if not Path(path).exists():
-        raise UsageError(f"no checkpoint at {path}")
-    if Path(path).is_file() and not zipfile.is_zipfile(path):
-        raise WeightsError(f"cannot load checkpoint {path}: not a whole training checkpoint "
-                           "(tileseg train writes zip archives; this is another file, or truncated)")
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:  # truncated archive or refused pickle: torch's first line says which
-        raise WeightsError(f"cannot load checkpoint {path}: "
-                           f"{first_line(e, 200) or type(e).__name__}") from None
 
 
 def _rng_state() -> dict[str, Any]:
@@ -94,9 +73,8 @@ def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
 
     state = None
     if resume is not None:
-        rp = Path(resume)
-        ckpt = rp / "last.pt" if rp.is_dir() else rp
-        state = load_checkpoint(ckpt)
+        ckpt = run_checkpoint(resume)
+        state = load_training_state(ckpt)
         # the run continues in the checkpoint's directory unless -O out_dir=... says otherwise
         cfg = TrainConfig.from_dict(state["config"]).with_updates(
             **{"out_dir": str(ckpt.parent), **(overrides or {})})
@@ -147,7 +125,7 @@ def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
                         "val_images": [d.name for d in val_data]})
 
     def save(name: str) -> None:
-        _save_atomic({"model": net.state_dict(), "optimizer": opt.state_dict(),
+        save_training_state({"model": net.state_dict(), "optimizer": opt.state_dict(),
                       "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                       "sampler_rng": sampler.state(), "rng": _rng_state(), "step": step,
                       "best": best, "config": asdict(cfg)}, out / name)
@@ -191,16 +169,16 @@ def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
             pq = res["mean"]["pq"]
             if not math.isnan(pq) and pq > best["pq"]:
                 best = {"pq": pq, "step": step, **{k: res["mean"][k] for k in ("aji", "f1", "dice")}}
-                save("best.pt")
-            save("last.pt")
+                save(BEST)
+            save(LAST)
             t_ckpt = time.time()
         if time.time() - t_ckpt > 60 * cfg.checkpoint_minutes:
-            save("last.pt")
+            save(LAST)
             t_ckpt = time.time()
             _log(log_path, {"event": "checkpoint", "step": step, "time": time.time()})
-    save("last.pt")
+    save(LAST)
     _log(log_path, {"event": "stop", "step": step, "time": time.time(), "best": best})
-    print(f"[train] stopped at step {step}; checkpoint {out / 'last.pt'}", file=sys.stderr)
+    print(f"[train] stopped at step {step}; checkpoint {out / LAST}", file=sys.stderr)
     return out
 
 

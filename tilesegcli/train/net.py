@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tilesegcli.nn.inputs import channel_stats, normalise
+
 if TYPE_CHECKING:
     from tilesegcli.train.config import TrainConfig
     from tilesegcli.train.data import Patch
@@ -61,8 +63,9 @@ class TrainNet(nn.Module):
             self.num_classes, matcher=matcher, class_weight=cfg.class_weight, mask_weight=cfg.mask_weight,
             dice_weight=cfg.dice_weight, eos_coef=cfg.no_object_weight, num_points=cfg.num_points,
             deep_supervision=True)
-        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
+        mean, std = channel_stats(cfg.mean, cfg.std)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
 
     def num_params(self) -> int:
         return int(sum(p.numel() for p in self.model.parameters()))
@@ -92,7 +95,7 @@ class TrainNet(nn.Module):
     def losses(self, batch: list[Patch], device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted total loss of a batch and the parts for logging."""
         imgs = torch.from_numpy(np.stack([p.image for p in batch])).to(device)
-        x = (imgs.permute(0, 3, 1, 2).float() - self.mean) / self.std
+        x = normalise(imgs.permute(0, 3, 1, 2), self.mean, self.std)
         out, dense = self.forward_train(x)
         targets = [{"labels": torch.as_tensor(p.classes - 1, dtype=torch.int64, device=device),
                     "masks": torch.as_tensor(p.masks, device=device)} for p in batch]

@@ -13,10 +13,10 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tilesegcli.errors import UsageError
+from tilesegcli.train.checkpoint import is_training_checkpoint
 
 #: post-processing fields of a training configuration, stored under a card's ``postprocess``
 POSTPROCESS_FIELDS = ("score_threshold", "object_mask_threshold", "overlap_threshold",
@@ -34,22 +34,16 @@ class InitSource:
     state_dict: dict[str, Any]  # TrainNet keys ("model." + network keys; a checkpoint may add more)
 
 
-def is_checkpoint(source: str) -> bool:
-    p = Path(source)
-    return p.suffix == ".pt" or p.is_dir()
-
-
 @functools.lru_cache(maxsize=1)
 def read_source(source: str) -> InitSource:
     """Settings and weights of ``source`` (cached: the CLI and the loop share one read)."""
-    if is_checkpoint(source):
-        from tilesegcli.train.loop import load_checkpoint
+    if is_training_checkpoint(source):
+        from tilesegcli.train.checkpoint import load_training_state, run_checkpoint
 
-        p = Path(source)
-        state = load_checkpoint(p / "last.pt" if p.is_dir() else p)
+        state = load_training_state(run_checkpoint(source))
         cfg = state["config"]
         return InitSource({k: cfg[k] for k in INHERITED_FIELDS if k in cfg}, state["model"])
-    from tilesegcli.weights import extract_state_dict, load_checkpoint, resolve_weights
+    from tilesegcli.weights import extract_state_dict, load_weights_file, resolve_weights
     from tilesegcli.zoo import load_card
 
     card = load_card(source)
@@ -67,7 +61,7 @@ def read_source(source: str) -> InitSource:
     if card.mpp is not None:
         settings["mpp"] = card.mpp
     path = resolve_weights(card, None)
-    weights = extract_state_dict(load_checkpoint(path), source=str(path))
+    weights = extract_state_dict(load_weights_file(path), source=str(path))
     return InitSource(settings, {f"model.{k}": v for k, v in weights.items()})
 
 

@@ -1,5 +1,5 @@
-"""Validation and export: whole-image tiled inference through the shipped Segmenter, metrics,
-and turning a checkpoint into a zoo card + fp16 safetensors.
+"""Validation: whole-image tiled inference through the shipped Segmenter, and metrics, for a
+network in training or a saved training checkpoint (``tileseg train --resume CKPT --validate``).
 
 Validation runs the inference path of ``tileseg predict`` for this card through
 :func:`tilesegcli.arrays.predict_array` (the pipeline's grid and white padding, ``AFFSegmenter``
@@ -11,12 +11,12 @@ OverlapResolver); the stitched polygons are burnt back into a label image and sc
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tilesegcli.atomic import atomic_path
 from tilesegcli.errors import UsageError
 from tilesegcli.eval.evaluate import evaluate_arrays
 
@@ -92,46 +92,37 @@ def validate(net: TrainNet, data: list[Loaded], cfg: TrainConfig, device: Any = 
     return res
 
 
-def export(checkpoint: str | Path, card_path: str | Path, *, name: str, description: str,
-           licence: str, metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
-           half: bool = True, overrides: dict[str, Any] | None = None) -> Path:
-    """Checkpoint -> ``card_path`` (JSON) + weights (safetensors, fp16 if ``half``) beside it.
-    ``overrides`` change inference fields of the saved configuration (e.g. score_threshold)."""
-    from tilesegcli.train.config import TrainConfig
-    from tilesegcli.train.loop import load_checkpoint
-    from tilesegcli.train.net import card_dict
-    from tilesegcli.weights import save_safetensors
-    from tilesegcli.zoo import write_card
+def validate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None = None,
+                        thresholds: list[float] | None = None) -> dict[str, Any]:
+    """Score a training checkpoint on its configuration's validation images (``overrides``
+    change configuration fields, e.g. ``val_list`` or post-processing). Returns
+    :func:`validate`'s result, or with ``thresholds`` ``{"thresholds": {t: mean metrics}}``
+    (one network pass for all), both with the ``checkpoint`` and its ``step``."""
+    import torch
 
-    state = load_checkpoint(checkpoint)
+    from tilesegcli.train.checkpoint import load_training_state
+    from tilesegcli.train.config import TrainConfig
+    from tilesegcli.train.net import build_net
+
+    state = load_training_state(checkpoint)
     cfg = TrainConfig.from_dict(state["config"]).with_updates(**(overrides or {}))
-    sd = {k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")}
-    if cfg.fg_gate > 0:  # the gate needs the dense head: shipped as the head's fg_head
-        dense = {k: v for k, v in state["model"].items() if k.startswith("dense.")}
-        if not dense:
-            raise UsageError(f"{checkpoint}: fg_gate needs the auxiliary dense head, which this "
-                             "checkpoint lacks (aux_dense_weight 0)")
-        sd.update({f"sem_seg_head.fg_head.{k[len('dense.'):]}": v for k, v in dense.items()})
-        arch = dict(cfg.architecture)
-        arch["head_kwargs"] = {**arch["head_kwargs"], "fg_head": True}
-        cfg = cfg.with_updates(architecture=arch)
-    card_path = Path(card_path)
-    try:
-        card_path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create {card_path.parent}: {e.strerror or e}") from None
-    wfile = card_path.with_suffix(".safetensors")
-    sha = save_safetensors(sd, wfile, half=half)
-    info = {"trained_steps": int(state["step"]), "training": extra or {}}
-    card = card_dict(cfg, name, weights_file=wfile.name, sha256=sha, size=os.path.getsize(wfile),
-                     description=description, licence=licence, metrics=metrics,
-                     extra={"training_run": info})
-    write_card(card, card_path)
-    return card_path
+    torch.set_num_threads(cfg.threads)
+    net = build_net(cfg)
+    net.load_state_dict(state["model"])
+    _, val = cfg.load_data(train=False)
+    if not val:
+        raise UsageError("the configuration has no validation images")
+    about = {"checkpoint": str(checkpoint), "step": int(state["step"])}
+    if thresholds is not None:
+        with torch.no_grad():
+            # the card built from cfg carries every post-processing setting (overrides apply)
+            seg = segmenter_for(net, cfg)
+            sweep = sweep_thresholds(seg, val, cfg.tile, cfg.overlap, thresholds)
+        return {**about, "thresholds": sweep}
+    return {**validate(net, val, cfg), **about}
 
 
 def write_json(path: str | Path, obj: Any) -> None:
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")
-    os.replace(tmp, p)
+    with atomic_path(p) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=float) + "\n")

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from tilesegcli.writers.geojson import FORMATS, FeatureWriter, format_from_path, open_writer
+from tilesegcli.writers.geojson import FeatureWriter, open_writer
 from tilesegcli.writers.labels import LabelsWriter, open_labels_writer
 
 __all__ = [
-    "FORMATS",
     "FeatureWriter",
     "LabelsWriter",
-    "format_from_path",
     "open_labels_writer",
     "open_writer",
 ]

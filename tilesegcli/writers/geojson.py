@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tilesegcli.errors import UsageError
-from tilesegcli.writers.atomic import AtomicOutput, CommitOnExit
+from tilesegcli.formats import FORMATS, format_from_path
+from tilesegcli.writers.sink import AtomicOutput, CommitOnExit
 
 if TYPE_CHECKING:
     from tilesegcli.segmenter import ClassInfo
@@ -38,22 +39,7 @@ if TYPE_CHECKING:
     from tilesegcli.stitching.types import StitchedObject
     from tilesegcli.vectorize import OutputTransform
 
-FORMATS = ("qupath", "geojson", "geojson.gz", "geojsonseq")
 _RS = b"\x1e"
-
-
-def format_from_path(path: str | Path) -> str:
-    """Guess the format from the file name (``-`` -> qupath)."""
-    name = str(path).lower()
-    if name == "-" or name.endswith((".json", ".qupath.geojson")):
-        return "qupath"
-    if name.endswith((".geojson.gz", ".json.gz")):
-        return "geojson.gz"
-    if name.endswith((".geojsons", ".geojsonl", ".geojsonseq", ".ndjson")):
-        return "geojsonseq"
-    if name.endswith(".geojson"):
-        return "geojson"
-    raise UsageError(f"cannot tell the output format of {path}; use --format {'|'.join(FORMATS)}")
 
 
 def crs_member(crs: str) -> dict[str, object]:

@@ -24,17 +24,15 @@ into place on ``close()``.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tilesegcli.atomic import discard, publish, temp_path
 from tilesegcli.errors import OutputError
-from tilesegcli.writers.atomic import CommitOnExit
+from tilesegcli.writers.sink import CommitOnExit
 
 if TYPE_CHECKING:
     from shapely.geometry.base import BaseGeometry
@@ -81,7 +79,7 @@ class LabelsWriter(CommitOnExit):
         self.band_px, self.chunk_px, self.lag_px = band_px, chunk_px, lag_px
         self.max_listed = max_listed
         self.cls_dtype = "uint8" if len(self.classes) <= 256 else "uint16"
-        self.tmp = self.path.parent / f"{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.tmp = temp_path(self.path)
         self.root = zarr.open_group(str(self.tmp), mode="w", zarr_format=2)
         self.labels = self.root.create_group("labels")
         self.groups = {n: self.labels.create_group(n) for n in ("instances", "classes")}
@@ -222,13 +220,7 @@ class LabelsWriter(CommitOnExit):
                 self.groups[name].attrs.update(
                     {"multiscales": [self._multiscales(name, levels[name])], "image-label": meta})
             self.labels.attrs.update({"labels": ["instances", "classes"]})
-            if self.path.exists():
-                trash = self.path.parent / f"{self.path.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(self.path, trash)
-                os.replace(self.tmp, self.path)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(self.tmp, self.path)
+            publish(self.tmp, self.path, replace_dir=True)
         except BaseException:
             self.abort()
             raise
@@ -236,7 +228,7 @@ class LabelsWriter(CommitOnExit):
 
     def abort(self) -> None:
         self.closed = True
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        discard(self.tmp)
 
 
 def open_labels_writer(

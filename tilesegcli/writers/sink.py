@@ -1,7 +1,8 @@
-"""Atomic output files: write to a temp name in the target directory, ``os.replace`` on success.
+"""Output sinks: a byte stream written to an atomic temp file (see ``tilesegcli.atomic``) and
+published on ``commit()``.
 
 On an exception or ``abort()`` the temp file is removed, so nothing complete-looking remains (a
-killed process leaves only ``<name>.tmp-<pid>-<hex>``). ``-`` writes to stdout (not atomic).
+killed process leaves only a sweepable temp). ``-`` writes to stdout (not atomic).
 ``CommitOnExit`` gives every writer the same context-manager rule: ``close()`` (commit) on a clean
 exit, ``abort()`` on an exception.
 """
@@ -12,10 +13,10 @@ import gzip
 import io
 import os
 import sys
-import uuid
 from pathlib import Path
 from typing import IO, Self
 
+from tilesegcli.atomic import discard, publish, temp_path
 from tilesegcli.errors import OutputError
 
 
@@ -54,7 +55,7 @@ class AtomicOutput:
             parent = self.path.parent
             if not parent.is_dir():
                 raise OutputError(f"output directory does not exist: {parent}")
-            self.tmp = parent / f"{self.path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            self.tmp = temp_path(self.path)
             try:
                 self._raw = open(self.tmp, "wb", buffering=buffer_size)  # noqa: SIM115
             except OSError as e:
@@ -84,7 +85,7 @@ class AtomicOutput:
             os.fsync(self._raw.fileno())
             self._raw.close()
             assert self.tmp is not None and self.path is not None
-            os.replace(self.tmp, self.path)
+            publish(self.tmp, self.path)
         except OSError as e:
             self._discard()
             raise OutputError(f"cannot write {self.path or 'stdout'}: {e.strerror or e}") from None
@@ -95,7 +96,7 @@ class AtomicOutput:
                 self._raw.close()
             except OSError:
                 pass
-            self.tmp.unlink(missing_ok=True)
+            discard(self.tmp)
 
     def abort(self) -> None:
         """Drop everything written so far (the temp file is removed)."""
