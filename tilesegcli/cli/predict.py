@@ -22,6 +22,7 @@ from tilesegcli.cli.options import (
     read_input_list,
     setup_logging,
 )
+from tilesegcli.zoo import DEFAULT_MODEL
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -66,7 +67,7 @@ class _PredictCommand(click.Command):
               help="Directory for outputs of many inputs (<name>.geojson).")
 @click.option("--inputs", "input_list", type=str, default=None,
               help="File with one input path per line ('-' = stdin).")
-@click.option("--model", default="aff-nuclei", show_default=True,
+@click.option("--model", default=DEFAULT_MODEL, show_default=True,
               help="Model card name, 'simple' (tiny test net) or 'package.module:factory'.")
 @click.option("--weights", default=None, help="Weights file or URL overriding the card's.")
 @click.option("--mpp", type=click.FloatRange(min=0, min_open=True), default=None,
