@@ -10,6 +10,8 @@ processed tissue at the card's settings, and the achieved GFLOP/s of the run as 
 
     python benchmarks/bench_throughput.py                     # ROI window, 2 threads
     python benchmarks/bench_throughput.py --full --threads 2  # the whole bundled slide
+    python benchmarks/bench_throughput.py --variant "mt2=--model-threads 2"  # + this tree with
+                                                              # these options, same run
 """
 
 from __future__ import annotations
@@ -87,7 +89,16 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="a 200 x 200 px window (script check)")
     ap.add_argument("--model", default="aff-nuclei")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=OPTIONS",
+                    help="also run this tree with these predict options (repeatable)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the old revision")
     a = ap.parse_args()
+    variants = []
+    for v in a.variant:
+        name, sep, opts = v.partition("=")
+        if not sep:
+            raise SystemExit(f"--variant {v!r}: expected NAME=OPTIONS")
+        variants.append((name, opts.split()))
     report: dict[str, Any] = {"slide": str(a.slide), "threads": a.threads, "full": a.full}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -100,20 +111,31 @@ def main() -> None:
                 "geometry": {"type": "Polygon", "coordinates": [[[x0, y0], [x1, y0], [x1, y1],
                                                                  [x0, y1], [x0, y0]]]}}]}))
         old = tmp / "old"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old),
-                        a.baseline_rev], check=True, capture_output=True)
+        if not a.no_baseline:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old),
+                            a.baseline_rev], check=True, capture_output=True)
         try:
-            report["old"] = run_cli(old, a.slide, tmp / "old.geojson", roi, a.threads, [])
-            print(f"old ({a.baseline_rev}): {report['old']}", flush=True)
+            if not a.no_baseline:
+                report["old"] = run_cli(old, a.slide, tmp / "old.geojson", roi, a.threads, [])
+                print(f"old ({a.baseline_rev}): {report['old']}", flush=True)
             report["new"] = run_cli(ROOT, a.slide, tmp / "new.geojson", roi, a.threads, [])
             print(f"new (this tree): {report['new']}", flush=True)
+            for name, opts in variants:
+                report[name] = run_cli(ROOT, a.slide, tmp / f"{name}.geojson", roi, a.threads,
+                                       opts)
+                print(f"{name} (this tree, {' '.join(opts)}): {report[name]}", flush=True)
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
-                           capture_output=True)
-    report["speedup_wall"] = report["old"]["wall_s"] / report["new"]["wall_s"]
-    report["speedup_forward"] = report["old"]["forward_s"] / report["new"]["forward_s"]
-    print(f"speed-up old/new: wall {report['speedup_wall']:.2f}x, forward "
-          f"{report['speedup_forward']:.2f}x", flush=True)
+            if not a.no_baseline:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force",
+                                str(old)], capture_output=True)
+    base = "old" if "old" in report else "new"
+    for name in ["new", *(n for n, _ in variants)]:
+        if name == base:
+            continue
+        w = report[base]["wall_s"] / report[name]["wall_s"]
+        f = report[base]["forward_s"] / report[name]["forward_s"]
+        report[f"speedup_wall_{name}"], report[f"speedup_forward_{name}"] = w, f
+        print(f"speed-up {base}/{name}: wall {w:.2f}x, forward {f:.2f}x", flush=True)
 
     gf, seg = flops_per_tile(a.model)
     views = int(seg.flip_views)
