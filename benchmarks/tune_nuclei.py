@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 KEYS = {"tile": int, "overlap": int, "views": int, "thr": float, "gate": float, "pe": float,
-        "agree": float, "split": float}
+        "agree": float}
 
 
 def parse_config(text: str) -> dict:
     """'tile=128,overlap=16,views=2[,thr=0.6][,gate=0.5][,pe=31][,agree=0.9]' (thr: score
     threshold, gate: foreground gate, pe: fixed position-embedding extent, agree: the views'
-    early-stop agreement, split: split_depth of merged instances; all default to the card's)."""
-    cfg: dict = {"thr": None, "gate": None, "pe": None, "agree": None, "split": None}
+    early-stop agreement; all default to the card's)."""
+    cfg: dict = {"thr": None, "gate": None, "pe": None, "agree": None}
     for part in text.split(","):
         k, _, v = part.partition("=")
         if k not in KEYS or not v:
@@ -48,8 +48,7 @@ def run_config(seg, cfg: dict, items: list[dict], work: Path) -> dict:
     if cfg["pe"] is not None:
         head.pixel_decoder.pe_extent = head.predictor.pe_extent = cfg["pe"]
     changed = {k: cfg[c] for c, k in (("thr", "score_threshold"), ("gate", "fg_gate"),
-                                      ("agree", "view_agreement"), ("split", "split_depth"))
-               if cfg[c] is not None}
+                                      ("agree", "view_agreement")) if cfg[c] is not None}
     object.__setattr__(seg.card, "postprocess", {**post, **changed})
     seg.flip_views = cfg["views"]
     name = "_".join(f"{k}{v}" for k, v in sorted(cfg.items()))

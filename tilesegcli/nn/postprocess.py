@@ -295,43 +295,6 @@ class Panoptic:
     info: list[dict]
 
 
-def split_merged(labels: np.ndarray, depth: float, min_part: int = 30
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split instances that are two touching round objects (a merge): inside each instance the
-    distance to its border has one peak per round object; peaks at least ``depth`` px above the
-    saddle between them seed a watershed of the instance on that distance map (the seeds are the
-    regional maxima of the map lowered by ``depth`` and reconstructed under itself, so two
-    peaks joined by a saddle less than ``depth`` below them make one seed).
-    Parts under ``min_part`` px stay with their neighbour. Returns (labels 1..M, int (M,) the
-    source instance 1..N of each new label): the caller copies class and score."""
-    from scipy import ndimage as ndi
-    from skimage.morphology import local_maxima, reconstruction
-    from skimage.segmentation import watershed
-
-    labels = np.asarray(labels)
-    out = np.zeros(labels.shape, np.int32)
-    source: list[int] = []
-    for i, sl in enumerate(ndi.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        sl = tuple(slice(max(0, s.start - 1), s.stop + 1) for s in sl)
-        m = labels[sl] == i
-        dist = ndi.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
-        domes = reconstruction(np.maximum(dist - depth, 0), dist, method="dilation")
-        seeds, k = ndi.label(local_maxima(domes) & m)
-        parts = watershed(-dist, seeds, mask=m) if k > 1 else m.astype(np.int32)
-        sizes = np.bincount(parts.ravel(), minlength=k + 1)
-        if k > 1 and (sizes[1:] < min_part).any():  # a small part: no split (conservative)
-            parts = m.astype(np.int32)
-        view = out[sl]
-        for j in range(1, int(parts.max()) + 1):
-            sel = parts == j
-            if sel.any():
-                source.append(i)
-                view[sel] = len(source)
-    return out, np.asarray(source, np.int64)
-
-
 def panoptic_inference(
     pred_logits: torch.Tensor,
     pred_masks: torch.Tensor,

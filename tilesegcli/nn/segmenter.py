@@ -298,12 +298,6 @@ class AFFSegmenter:
             labels, classes, scores = inst.labels, inst.classes + off, inst.scores
             if gate > 0 and fg is not None:
                 labels, classes, scores = gate_instances(labels, classes, scores, fg, gate)
-            depth = float(post.get("split_depth", 0.0))
-            if depth > 0 and len(scores):
-                from tilesegcli.nn.postprocess import split_merged
-
-                labels, src = split_merged(labels, depth)
-                classes, scores = np.asarray(classes)[src - 1], np.asarray(scores)[src - 1]
             return self._instances(labels, classes, scores)
         sem = self._semantic(logits, masks, hw)
         pan = panoptic_inference(
