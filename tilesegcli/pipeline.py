@@ -18,14 +18,15 @@ overrides the file's) -> grid (tilesegcli.tiling) -> foreground tiles -> open/cr
 store (tilesegcli.store; refused if made by another model/params or another shard count) ->
 run this shard's pending tiles (tilesegcli.runner) -> when no tile of any shard is left, the
 process holding the store's merge lock stitches and writes (temp file + os.replace, then the
-provenance). Unsharded runs stitch *while* the model runs (tiles finish in the row-major order
-the stitchers consume), so the merge adds only a short tail. ``merge_store`` is the explicit
+provenance). Unsharded runs stitch *while* the model runs: the runner's write callback pushes
+each stored tile into a :class:`~tilesegcli.merger.Merger` (tiles are written in the row-major
+order the stitchers consume), so the merge adds only a short tail. ``merge_store`` is the explicit
 ``tileseg merge``. Status per input: done | skipped (valid output exists) | waiting (this shard
 is finished, others are not) | failed.
 
 The stages live in their own modules; this one only sequences them: config.py (RunConfig,
 SlideResult), outputs.py (output paths, skip, writability, stale temps), plan.py (model, level,
-grid, foreground, fingerprint), store.py, runner.py, merge.py (stitch + write + provenance).
+grid, foreground, fingerprint), store.py, runner.py, merge.py / merger.py (stitch + write + provenance).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from typing import Any
 
 from tilesegcli.config import FORMATS, RunConfig, SlideResult
 from tilesegcli.errors import SlideOpenError, TilesegError, UsageError
-from tilesegcli.merge import StreamingMerge, merge_store
+from tilesegcli.merge import merge_store
+from tilesegcli.merger import Merger
 from tilesegcli.outputs import (
     check_skip,
     check_writable,
@@ -114,17 +116,19 @@ def run_slide(
         todo = store.pending(mine)
         res.tiles_shard = len(mine)
         t1 = time.perf_counter()
-        streamer = None
+        merger = None
         if shard_n == 1 and to_file:
             remove_stale_temps(out)
-            if todo and config.stream_merge:
-                streamer = StreamingMerge.start(store, out, fmt, config, out_fp, segmenter)
+            if todo and config.stream_merge:  # None when another process holds the merge lock
+                merger = Merger.locked(store, out, fmt=fmt, labels=config.labels,
+                                       min_area=config.min_area, simplify=config.simplify,
+                                       fingerprint=out_fp, config=config)
         try:
             stats = _infer(reader, plan, segmenter, store, todo, config, desc=src.name,
-                           on_written=streamer.mark if streamer else None)
+                           merger=merger)
         except BaseException:
-            if streamer is not None:
-                streamer.abort()
+            if merger is not None:
+                merger.abort()
             raise
         res.tiles_computed = stats.tiles
         res.timings["infer_s"] = time.perf_counter() - t1
@@ -134,9 +138,9 @@ def run_slide(
 
     remaining = store.remaining()
     res.tiles_done = res.tiles_selected - remaining
-    if streamer is not None:
+    if merger is not None:
         t2 = time.perf_counter()
-        counts = streamer.finish()
+        counts = merger.finish()
         res.timings["merge_s"] = time.perf_counter() - t2  # the part not overlapped
         res.counts, res.objects, res.status = counts, counts.get("instances"), "done"
     elif remaining:
@@ -160,7 +164,7 @@ def run_slide(
                 t2 = time.perf_counter()
                 counts = merge_store(store, out, fmt=fmt, labels=config.labels,
                                      min_area=config.min_area, simplify=config.simplify,
-                                     fingerprint=out_fp, segmenter=segmenter, config=config)
+                                     fingerprint=out_fp, config=config)
                 res.timings["merge_s"] = time.perf_counter() - t2
                 res.counts = counts
                 res.objects = counts.get("instances")
@@ -218,7 +222,7 @@ def predict(
 
 
 def _infer(reader: Any, plan: Plan, segmenter: Segmenter, store: TileStore, todo: list[int],
-           config: RunConfig, desc: str, on_written: Any = None) -> Any:
+           config: RunConfig, desc: str, merger: Merger | None = None) -> Any:
     from tilesegcli.progress import progress_mode
     from tilesegcli.resolution import read_work_region
     from tilesegcli.runner import run_tiles
@@ -228,10 +232,10 @@ def _infer(reader: Any, plan: Plan, segmenter: Segmenter, store: TileStore, todo
     def read(t: Any) -> Any:
         return read_work_region(reader, grid, t.x, t.y, t.w, t.h)
 
-    def write(t: Any, r: Any) -> None:
+    def write(t: Any, r: Any) -> None:  # the runner's writer thread, tiles in tile order
         store.write_tile(t, r)
-        if on_written is not None:
-            on_written(t.index)
+        if merger is not None:  # stitch what the store holds (its uint8 probabilities)
+            merger.add(t, store.read_tile(t))
 
     tiles = [store.tile(i) for i in todo]
     return run_tiles(segmenter, tiles, read, write, batch_size=config.batch_size,
