@@ -1,10 +1,10 @@
 """``merge_store``: stitch a complete tile store and write the outputs, atomically.
 
-It is ``tileseg merge`` and the last step of a sharded or non-streaming ``run_slide``: it feeds
-``store.iter_results()`` into a :class:`~tilesegcli.merger.Merger`, which stitches
-(tilesegcli.stitching), writes a temp file per output and ``os.replace`` s it (tilesegcli.
-writers), then writes the provenance file. Single-shard runs push their tiles into the same
-Merger while the runner computes them (tilesegcli.pipeline).
+It is ``tileseg merge``: the checks (the store is complete, the output writable), then
+``merger.merge_stored``, which feeds ``store.iter_results()`` into a
+:class:`~tilesegcli.merger.Merger` (stitch, write a temp file per output and ``os.replace`` it,
+then the provenance file). ``run_slide`` checks before its compute and calls ``merge_stored``
+(sharded or non-streaming runs) or pushes its tiles into a Merger as they are computed.
 """
 
 from __future__ import annotations
@@ -12,23 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tilesegcli.config import RunConfig, output_options
 from tilesegcli.errors import TilesegError
-from tilesegcli.merger import Merger
-from tilesegcli.outputs import check_writable, output_format
+from tilesegcli.merger import merge_stored
+from tilesegcli.outputs import check_writable
+from tilesegcli.specs import OutputSpec
 from tilesegcli.store import TileStore
 
 
 def merge_store(
     store: TileStore | str | Path,
-    output: str | Path,
-    *,
-    fmt: str | None = None,
-    labels: Path | None = None,
-    min_area: float | None = None,
-    simplify: float | None = None,
-    fingerprint: dict[str, Any] | None = None,
-    config: RunConfig | None = None,
+    output: OutputSpec,
 ) -> dict[str, Any]:
     """Stitch a complete store and write ``output`` (+ provenance, + optional labels).
     The output appears only via os.replace of a finished temp file."""
@@ -37,18 +30,6 @@ def merge_store(
     remaining = store.remaining()
     if remaining:
         raise TilesegError(f"tile store {store.path} is not complete: {remaining} tiles left")
-    out = Path(output)
-    fmt = output_format(out, fmt)
-    if fingerprint is None:
-        fingerprint = {**store.meta["fingerprint"],
-                       "output": output_options(fmt, min_area, simplify, labels)}
-    check_writable(out, labels)
-    merger = Merger(store, out, fmt=fmt, labels=labels, min_area=min_area, simplify=simplify,
-                    fingerprint=fingerprint, config=config)
-    try:
-        for tile, result in store.iter_results():
-            merger.add(tile, result)
-    except BaseException:
-        merger.abort()
-        raise
-    return merger.finish()
+    check_writable(output)
+    fingerprint = {**store.meta["fingerprint"], "output": output.options()}
+    return merge_stored(store, output, fingerprint=fingerprint)

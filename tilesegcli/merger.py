@@ -32,7 +32,7 @@ from tilesegcli.store import TileStore, fingerprint_sha
 if TYPE_CHECKING:
     from tilesegcli.config import RunConfig
     from tilesegcli.segmenter import TileResult
-    from tilesegcli.specs import SlideInfo, TileSpec
+    from tilesegcli.specs import OutputSpec, SlideInfo, TileSpec
     from tilesegcli.stitching import StitchedObject
 
 
@@ -43,10 +43,13 @@ def card_min_area(meta: dict[str, Any]) -> float:
 
 
 def slide_info_from_meta(meta: dict[str, Any]) -> SlideInfo:
-    """The SlideInfo recorded in a store (the writers need it; the input may be gone)."""
+    """The effective SlideInfo of the run that made a store (the writers need it; the input
+    may be gone): ``mpp`` is the level-0 pixel size the run used (``--mpp`` or the file's)."""
     from tilesegcli.specs import LevelInfo, SlideInfo
 
     d = {k: v for k, v in meta.items() if k in {f.name for f in fields(SlideInfo)}}
+    if meta.get("mpp_effective") is not None:  # stores of older versions lack it
+        d["mpp"] = meta["mpp_effective"]
     d["levels"] = tuple(LevelInfo(**lv) for lv in d.get("levels", ()))
     if d.get("geotransform") is not None:
         d["geotransform"] = tuple(d["geotransform"])
@@ -81,21 +84,16 @@ class Merger:
     ``fingerprint`` enters the provenance (the store's fingerprint plus the output options);
     ``config`` (the run's RunConfig) supplies the parameters and command line recorded there."""
 
-    def __init__(self, store: TileStore, out: Path, *, fmt: str, labels: Path | None,
-                 min_area: float | None, simplify: float | None, fingerprint: dict[str, Any],
+    def __init__(self, store: TileStore, output: OutputSpec, *, fingerprint: dict[str, Any],
                  config: RunConfig | None = None) -> None:
-        from tilesegcli.outputs import is_stdout
         from tilesegcli.segmenter import ClassInfo
         from tilesegcli.stitching import InstanceStitcher, SemanticStitcher, StitchStats
         from tilesegcli.writers import open_labels_writer, open_writer
 
-        self.store, self.out, self.fmt, self.labels = store, out, fmt, labels
-        self.min_area, self.simplify = min_area, simplify
+        self.store, self.output = store, output
         self.fingerprint, self.config = fingerprint, config
-        self.to_file = not is_stdout(out)
         grid = store.grid
         info = slide_info_from_meta(store.meta["slide"])
-        mpp = store.meta["slide"].get("mpp_effective")
         classes = [ClassInfo(c["name"], tuple(c["color"])) for c in store.classes]
         self.inst_stats, self.sem_stats = StitchStats(), StitchStats()
         self._inst = (InstanceStitcher(grid, stats=self.inst_stats,
@@ -109,13 +107,13 @@ class Merger:
         self._lock: contextlib.AbstractContextManager[bool] | None = None
         self.n_instances = self.n_regions = 0
         self._labels_writer = None
-        self._writer = open_writer(out, fmt, classes=classes, info=info, mpp=mpp, grid=grid,
-                                   min_area=min_area, simplify=simplify)
+        self._writer = open_writer(output.path, output.format, classes=classes, info=info,
+                                   grid=grid, min_area=output.min_area, simplify=output.simplify)
         self._spill: _Spill | None = None
         try:
-            if labels is not None:
-                self._labels_writer = open_labels_writer(labels, grid=grid, classes=classes,
-                                                         info=info, mpp=mpp)
+            if output.labels is not None:
+                self._labels_writer = open_labels_writer(output.labels, grid=grid,
+                                                         classes=classes, info=info)
             if self._inst is not None and self._sem is not None:
                 self._spill = _Spill(store.path)
         except BaseException:
@@ -123,7 +121,7 @@ class Merger:
             raise
 
     @classmethod
-    def locked(cls, store: TileStore, out: Path, **kwargs: Any) -> Merger | None:
+    def locked(cls, store: TileStore, output: OutputSpec, **kwargs: Any) -> Merger | None:
         """A Merger holding the store's merge lock until finish/abort; None when another
         process holds it (that process writes the outputs)."""
         lock = store.merge_lock()
@@ -131,7 +129,7 @@ class Merger:
             lock.__exit__(None, None, None)
             return None
         try:
-            self = cls(store, out, **kwargs)
+            self = cls(store, output, **kwargs)
         except BaseException:
             lock.__exit__(None, None, None)
             raise
@@ -195,7 +193,7 @@ class Merger:
                 self._labels_writer.close()
             self._writer.close()
             counts = self.counts()
-            if self.to_file:
+            if not self.output.to_stdout:
                 self._write_provenance(counts)
         except BaseException:
             self.abort()
@@ -217,25 +215,25 @@ class Merger:
     def _write_provenance(self, counts: dict[str, Any]) -> None:
         from tilesegcli import provenance
 
-        meta, config = self.store.meta, self.config
+        meta, config, spec = self.store.meta, self.config, self.output
         params = config.params() if config is not None else meta.get("params", {})
         prov = provenance.build(
             input_identity=meta["fingerprint"].get("input", {}),
             fingerprint=self.fingerprint,
             fingerprint_sha256=fingerprint_sha(self.fingerprint),
-            parameters={**params, "format": self.fmt, "min_area": self.min_area,
-                        "simplify": self.simplify, "labels": self.labels},
+            parameters={**params, "format": spec.format, "min_area": spec.min_area,
+                        "simplify": spec.simplify, "labels": spec.labels},
             model_card=meta.get("model"),
-            output=self.out,
+            output=spec.path,
             counts=counts,
             command_line=config.command_line if config is not None else None,
         )
         try:
-            provenance.write_json(provenance.provenance_path(self.out), prov)
+            provenance.write_json(provenance.provenance_path(spec.path), prov)
         except BaseException:
             # an output without its provenance would look complete but could not be
             # validated; remove it so a rerun simply merges again
-            self.out.unlink(missing_ok=True)
+            spec.path.unlink(missing_ok=True)
             raise
 
     def abort(self) -> None:
@@ -253,3 +251,17 @@ class Merger:
         lock, self._lock = self._lock, None
         if lock is not None:
             lock.__exit__(None, None, None)
+
+
+def merge_stored(store: TileStore, output: OutputSpec, *, fingerprint: dict[str, Any],
+                 config: RunConfig | None = None) -> dict[str, Any]:
+    """Feed every tile of a complete store (``store.iter_results()``) into a Merger and
+    finish it; returns the counts."""
+    merger = Merger(store, output, fingerprint=fingerprint, config=config)
+    try:
+        for tile, result in store.iter_results():
+            merger.add(tile, result)
+    except BaseException:
+        merger.abort()
+        raise
+    return merger.finish()

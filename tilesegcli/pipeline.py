@@ -41,16 +41,16 @@ from typing import Any
 from tilesegcli.config import FORMATS, RunConfig, SlideResult
 from tilesegcli.errors import SlideOpenError, TilesegError, UsageError
 from tilesegcli.merge import merge_store
-from tilesegcli.merger import Merger
+from tilesegcli.merger import Merger, merge_stored
 from tilesegcli.outputs import (
     check_skip,
     check_writable,
-    is_stdout,
     is_valid,
     output_for,
     output_format,
     remove_stale_temps,
-    validate_batch,
+    resolve_output,
+    resolve_outputs,
 )
 from tilesegcli.plan import (
     Plan,
@@ -63,46 +63,49 @@ from tilesegcli.plan import (
     plan_slide,
 )
 from tilesegcli.segmenter import Segmenter
+from tilesegcli.specs import OutputSpec
 from tilesegcli.store import TileStore, default_store_path, fingerprint_sha
 
-__all__ = ["FORMATS", "RunConfig", "SlideResult", "merge_store", "output_for", "output_format",
-           "predict", "run_slide", "validate_batch"]
+__all__ = ["FORMATS", "OutputSpec", "RunConfig", "SlideResult", "merge_store", "output_for",
+           "output_format", "predict", "resolve_outputs", "run_slide"]
 
 log = logging.getLogger("tileseg")
 
 
 def run_slide(
-    input: str | Path, config: RunConfig, *, segmenter: Segmenter | None = None
+    input: str | Path, config: RunConfig, *, segmenter: Segmenter | None = None,
+    output: OutputSpec | None = None,
 ) -> SlideResult:
     """Segment one slide (or this process's shard of it) and, when every tile is done, write
-    the outputs. Raises TilesegError on failure; interrupts leave the store resumable."""
+    the outputs (``output``: resolved from ``config`` when not given). Raises TilesegError on
+    failure; interrupts leave the store resumable."""
     t0 = time.perf_counter()
     src = Path(input)
     res = SlideResult(input=str(src))
-    fmt = output_format(config.output, config.format)
-    out = output_for(src, config, fmt)
+    spec = output if output is not None else resolve_output(src, config)
+    out = spec.path
     res.output = str(out)
     if not src.exists():
         raise SlideOpenError(f"{src}: no such file")
     if segmenter is None:
         segmenter = load_model(config)
     shard_i, shard_n = config.shard
-    to_file = not is_stdout(out)
+    to_file = not spec.to_stdout
 
     reader = open_input(src, config.backend)
     try:
         plan = plan_slide(reader, segmenter, config)
         res.timings["open_s"] = time.perf_counter() - t0
         fp = fingerprint(src, segmenter, plan, config)
-        out_fp = {**fp, "output": config.output_options(fmt)}
+        out_fp = {**fp, "output": spec.options()}
         out_sha = fingerprint_sha(out_fp)
         res.tiles_total = plan.grid.rows * plan.grid.cols
         res.tiles_selected = int(plan.selected.sum())
-        if check_skip(out, out_sha, config.overwrite):
+        if check_skip(spec, out_sha, config.overwrite):
             res.status = "skipped"
             res.timings["total_s"] = time.perf_counter() - t0
             return res
-        check_writable(out, config.labels)
+        check_writable(spec)
         store_path = default_store_path(out if to_file else None, src, config.workdir)
         res.store = str(store_path)
         store = TileStore.open_or_create(
@@ -120,9 +123,7 @@ def run_slide(
         if shard_n == 1 and to_file:
             remove_stale_temps(out)
             if todo and config.stream_merge:  # None when another process holds the merge lock
-                merger = Merger.locked(store, out, fmt=fmt, labels=config.labels,
-                                       min_area=config.min_area, simplify=config.simplify,
-                                       fingerprint=out_fp, config=config)
+                merger = Merger.locked(store, spec, fingerprint=out_fp, config=config)
         try:
             stats = _infer(reader, plan, segmenter, store, todo, config, desc=src.name,
                            merger=merger)
@@ -162,9 +163,7 @@ def run_slide(
                 res.status = "done"  # another shard merged before us
             else:
                 t2 = time.perf_counter()
-                counts = merge_store(store, out, fmt=fmt, labels=config.labels,
-                                     min_area=config.min_area, simplify=config.simplify,
-                                     fingerprint=out_fp, config=config)
+                counts = merge_stored(store, spec, fingerprint=out_fp, config=config)
                 res.timings["merge_s"] = time.perf_counter() - t2
                 res.counts = counts
                 res.objects = counts.get("instances")
@@ -198,15 +197,15 @@ def predict(
         model = str(getattr(segmenter, "name", model))
     config = RunConfig(model=model, output=Path(output) if output is not None else None,
                        outdir=Path(outdir) if outdir is not None else None, **options)
-    validate_batch(paths, config)
+    outputs = resolve_outputs(paths, config)
     if segmenter is None and paths:
         check_domains_before_loading(paths, config)  # before any weights are downloaded
         segmenter = load_model(config)
     results: list[SlideResult] = []
-    for p in paths:
+    for p, spec in zip(paths, outputs, strict=True):
         t0 = time.perf_counter()
         try:
-            results.append(run_slide(p, config, segmenter=segmenter))
+            results.append(run_slide(p, config, segmenter=segmenter, output=spec))
         except Exception as e:  # one input's failure never stops the others
             if raise_errors:
                 raise
