@@ -19,14 +19,14 @@ store (tilesegcli.store; refused if made by another model/params or another shar
 run this shard's pending tiles (tilesegcli.runner) -> when no tile of any shard is left, the
 process holding the store's merge lock stitches and writes (temp file + os.replace, then the
 provenance). Unsharded runs stitch *while* the model runs: the runner's write callback pushes
-each stored tile into a :class:`~tilesegcli.merger.Merger` (tiles are written in the row-major
+each stored tile into a :class:`~tilesegcli.merge.Merger` (tiles are written in the row-major
 order the stitchers consume), so the merge adds only a short tail. ``merge_store`` is the explicit
 ``tileseg merge``. Status per input: done | skipped (valid output exists) | waiting (this shard
 is finished, others are not) | failed.
 
 The stages live in their own modules; this one only sequences them: config.py (RunConfig,
 SlideResult), outputs.py (output paths, skip, writability, stale temps), plan.py (model, level,
-grid, foreground, fingerprint), store.py, runner.py, merge.py / merger.py (stitch + write + provenance).
+grid, foreground, fingerprint), store.py, runner.py, merge.py (stitch + write + provenance).
 """
 
 from __future__ import annotations
@@ -40,8 +40,7 @@ from typing import Any
 
 from tilesegcli.config import FORMATS, RunConfig, SlideResult
 from tilesegcli.errors import SlideOpenError, TilesegError, UsageError
-from tilesegcli.merge import merge_store
-from tilesegcli.merger import Merger, merge_stored
+from tilesegcli.merge import Merger, merge_store, merge_stored
 from tilesegcli.outputs import (
     check_skip,
     check_writable,
