@@ -117,16 +117,6 @@ class RunConfig:
     def params(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "command_line"}
 
-    def output_options(self, fmt: str) -> dict[str, Any]:
-        """The options that shape the written output (they enter its fingerprint)."""
-        return output_options(fmt, self.min_area, self.simplify, self.labels)
-
-
-def output_options(fmt: str, min_area: float | None, simplify: float | None,
-                   labels: Path | None) -> dict[str, Any]:
-    return {"format": fmt, "min_area": min_area, "simplify": simplify,
-            "labels": str(labels) if labels else None}
-
 
 @dataclass
 class SlideResult:

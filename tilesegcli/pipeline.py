@@ -18,8 +18,9 @@ overrides the file's) -> grid (tilesegcli.tiling) -> foreground tiles -> open/cr
 store (tilesegcli.store; refused if made by another model/params or another shard count) ->
 run this shard's pending tiles (tilesegcli.runner) -> when no tile of any shard is left, the
 process holding the store's merge lock stitches and writes (temp file + os.replace, then the
-provenance). Unsharded runs stitch *while* the model runs (tiles finish in the row-major order
-the stitchers consume), so the merge adds only a short tail. ``merge_store`` is the explicit
+provenance). Unsharded runs stitch *while* the model runs: the runner's write callback pushes
+each stored tile into a :class:`~tilesegcli.merge.Merger` (tiles are written in the row-major
+order the stitchers consume), so the merge adds only a short tail. ``merge_store`` is the explicit
 ``tileseg merge``. Status per input: done | skipped (valid output exists) | waiting (this shard
 is finished, others are not) | failed.
 
@@ -41,15 +42,15 @@ from tilesegcli.atomic import sweep_stale_temps
 from tilesegcli.config import RunConfig, SlideResult
 from tilesegcli.errors import SlideOpenError, TilesegError, UsageError
 from tilesegcli.formats import FORMATS
-from tilesegcli.merge import StreamingMerge, merge_store
+from tilesegcli.merge import Merger, merge_store, merge_stored
 from tilesegcli.outputs import (
     check_skip,
     check_writable,
-    is_stdout,
     is_valid,
     output_for,
     output_format,
-    validate_batch,
+    resolve_output,
+    resolve_outputs,
 )
 from tilesegcli.plan import (
     Plan,
@@ -62,47 +63,50 @@ from tilesegcli.plan import (
     plan_slide,
 )
 from tilesegcli.segmenter import Segmenter
+from tilesegcli.specs import OutputSpec
 from tilesegcli.store import TileStore, default_store_path, fingerprint_sha
 from tilesegcli.zoo import DEFAULT_MODEL
 
-__all__ = ["FORMATS", "RunConfig", "SlideResult", "merge_store", "output_for", "output_format",
-           "predict", "run_slide", "validate_batch"]
+__all__ = ["FORMATS", "OutputSpec", "RunConfig", "SlideResult", "merge_store", "output_for",
+           "output_format", "predict", "resolve_outputs", "run_slide"]
 
 log = logging.getLogger("tileseg")
 
 
 def run_slide(
-    input: str | Path, config: RunConfig, *, segmenter: Segmenter | None = None
+    input: str | Path, config: RunConfig, *, segmenter: Segmenter | None = None,
+    output: OutputSpec | None = None,
 ) -> SlideResult:
     """Segment one slide (or this process's shard of it) and, when every tile is done, write
-    the outputs. Raises TilesegError on failure; interrupts leave the store resumable."""
+    the outputs (``output``: resolved from ``config`` when not given). Raises TilesegError on
+    failure; interrupts leave the store resumable."""
     t0 = time.perf_counter()
     src = Path(input)
     res = SlideResult(input=str(src))
-    fmt = output_format(config.output, config.format)
-    out = output_for(src, config, fmt)
+    spec = output if output is not None else resolve_output(src, config)
+    out = spec.path
     res.output = str(out)
     if not src.exists():
         raise SlideOpenError(f"{src}: no such file")
     if segmenter is None:
         segmenter = load_model(config)
     shard_i, shard_n = config.shard
-    to_file = not is_stdout(out)
+    to_file = not spec.to_stdout
 
     reader = open_input(src, config.backend)
     try:
         plan = plan_slide(reader, segmenter, config)
         res.timings["open_s"] = time.perf_counter() - t0
         fp = fingerprint(src, segmenter, plan, config)
-        out_fp = {**fp, "output": config.output_options(fmt)}
+        out_fp = {**fp, "output": spec.options()}
         out_sha = fingerprint_sha(out_fp)
         res.tiles_total = plan.grid.rows * plan.grid.cols
         res.tiles_selected = int(plan.selected.sum())
-        if check_skip(out, out_sha, config.overwrite):
+        if check_skip(spec, out_sha, config.overwrite):
             res.status = "skipped"
             res.timings["total_s"] = time.perf_counter() - t0
             return res
-        check_writable(out, config.labels)
+        check_writable(spec)
         store_path = default_store_path(out if to_file else None, src, config.workdir)
         res.store = str(store_path)
         store = TileStore.open_or_create(
@@ -116,17 +120,17 @@ def run_slide(
         todo = store.pending(mine)
         res.tiles_shard = len(mine)
         t1 = time.perf_counter()
-        streamer = None
+        merger = None
         if shard_n == 1 and to_file:
             sweep_stale_temps(out)
-            if todo and config.stream_merge:
-                streamer = StreamingMerge.start(store, out, fmt, config, out_fp, segmenter)
+            if todo and config.stream_merge:  # None when another process holds the merge lock
+                merger = Merger.locked(store, spec, fingerprint=out_fp, config=config)
         try:
             stats = _infer(reader, plan, segmenter, store, todo, config, desc=src.name,
-                           on_written=streamer.mark if streamer else None)
+                           merger=merger)
         except BaseException:
-            if streamer is not None:
-                streamer.abort()
+            if merger is not None:
+                merger.abort()
             raise
         res.tiles_computed = stats.tiles
         res.timings["infer_s"] = time.perf_counter() - t1
@@ -136,9 +140,9 @@ def run_slide(
 
     remaining = store.remaining()
     res.tiles_done = res.tiles_selected - remaining
-    if streamer is not None:
+    if merger is not None:
         t2 = time.perf_counter()
-        counts = streamer.finish()
+        counts = merger.finish()
         res.timings["merge_s"] = time.perf_counter() - t2  # the part not overlapped
         res.counts, res.objects, res.status = counts, counts.get("instances"), "done"
     elif remaining:
@@ -160,9 +164,7 @@ def run_slide(
                 res.status = "done"  # another shard merged before us
             else:
                 t2 = time.perf_counter()
-                counts = merge_store(store, out, fmt=fmt, labels=config.labels,
-                                     min_area=config.min_area, simplify=config.simplify,
-                                     fingerprint=out_fp, segmenter=segmenter, config=config)
+                counts = merge_stored(store, spec, fingerprint=out_fp, config=config)
                 res.timings["merge_s"] = time.perf_counter() - t2
                 res.counts = counts
                 res.objects = counts.get("instances")
@@ -196,15 +198,15 @@ def predict(
         model = str(getattr(segmenter, "name", model))
     config = RunConfig(model=model, output=Path(output) if output is not None else None,
                        outdir=Path(outdir) if outdir is not None else None, **options)
-    validate_batch(paths, config)
+    outputs = resolve_outputs(paths, config)
     if segmenter is None and paths:
         check_domains_before_loading(paths, config)  # before any weights are downloaded
         segmenter = load_model(config)
     results: list[SlideResult] = []
-    for p in paths:
+    for p, spec in zip(paths, outputs, strict=True):
         t0 = time.perf_counter()
         try:
-            results.append(run_slide(p, config, segmenter=segmenter))
+            results.append(run_slide(p, config, segmenter=segmenter, output=spec))
         except Exception as e:  # one input's failure never stops the others
             if raise_errors:
                 raise
@@ -220,7 +222,7 @@ def predict(
 
 
 def _infer(reader: Any, plan: Plan, segmenter: Segmenter, store: TileStore, todo: list[int],
-           config: RunConfig, desc: str, on_written: Any = None) -> Any:
+           config: RunConfig, desc: str, merger: Merger | None = None) -> Any:
     from tilesegcli.progress import progress_mode
     from tilesegcli.resolution import read_work_region
     from tilesegcli.runner import run_tiles
@@ -230,10 +232,10 @@ def _infer(reader: Any, plan: Plan, segmenter: Segmenter, store: TileStore, todo
     def read(t: Any) -> Any:
         return read_work_region(reader, grid, t.x, t.y, t.w, t.h)
 
-    def write(t: Any, r: Any) -> None:
+    def write(t: Any, r: Any) -> None:  # the runner's writer thread, tiles in tile order
         store.write_tile(t, r)
-        if on_written is not None:
-            on_written(t.index)
+        if merger is not None:  # stitch what the store holds (its uint8 probabilities)
+            merger.add(t, store.read_tile(t))
 
     tiles = [store.tile(i) for i in todo]
     return run_tiles(segmenter, tiles, read, write, batch_size=config.batch_size,

@@ -13,13 +13,15 @@ finds no nuclei).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tilesegcli.config import RunConfig
 from tilesegcli.errors import UsageError
+from tilesegcli.resolution import level0_mpp
 from tilesegcli.segmenter import Segmenter
+from tilesegcli.specs import SlideInfo
 from tilesegcli.store import input_identity
 
 log = logging.getLogger("tileseg")
@@ -30,7 +32,7 @@ class Plan:
 
     grid: Any  # GridSpec
     selected: Any  # (rows, cols) bool: tiles whose read window touches foreground
-    mpp0: float | None  # level-0 pixel size used (file's or --mpp)
+    info: SlideInfo  # the input as the run sees it: ``mpp`` = the level-0 pixel size used
     mask_source: str
     slide_meta: dict[str, Any]
     native: bool = False  # the model runs on level-0 pixels (no physical pixel size)
@@ -122,29 +124,28 @@ def check_domains_before_loading(paths: list[Path], config: RunConfig) -> None:
             info = reader.info
         finally:
             reader.close()
-        _check_domain(info, config.mpp if config.mpp is not None else info.mpp, card.name, card,
+        _check_domain(info, level0_mpp(info, config.mpp, required=False), card.name, card,
                       force=False)
 
 
 def plan_slide(reader: Any, segmenter: Segmenter, config: RunConfig) -> Plan:
     from tilesegcli.foreground import foreground_mask, load_roi
-    from tilesegcli.resolution import choose_level, effective_mpp, work_size
+    from tilesegcli.resolution import choose_level, work_size
     from tilesegcli.tiling import make_grid
 
     info = reader.info
     native = segmenter.mpp is None or mpp_is_nominal(segmenter)
     if native:  # no physical pixel size: run on level 0 as is
         level, ds, scale = 0, 1.0, 1.0
-        mpp0 = config.mpp if config.mpp is not None else info.mpp
-        if segmenter.mpp is not None:
-            _check_domain(info, mpp0, segmenter.name, getattr(segmenter, "card", None),
-                          config.force)
-            log.info("%s: model %s has a nominal pixel size (natural-image model): running on "
-                     "the input's level-0 pixels", Path(info.path).name, segmenter.name)
     else:
         level, ds, scale = choose_level(info, float(segmenter.mpp), config.mpp,
                                         target_unit=segmenter.mpp_unit, model=segmenter.name)
-        mpp0 = effective_mpp(info, config.mpp)
+    mpp0 = level0_mpp(info, config.mpp, required=not native)
+    if native and segmenter.mpp is not None:
+        _check_domain(info, mpp0, segmenter.name, getattr(segmenter, "card", None),
+                      config.force)
+        log.info("%s: model %s has a nominal pixel size (natural-image model): running on "
+                 "the input's level-0 pixels", Path(info.path).name, segmenter.name)
     width, height = work_size(info, ds)
     tile = config.tile_size or int(segmenter.tile_size)
     overlap = config.overlap if config.overlap is not None else int(segmenter.overlap)
@@ -163,9 +164,9 @@ def plan_slide(reader: Any, segmenter: Segmenter, config: RunConfig) -> Plan:
         source = fg.source
     selected = select_tiles(fg, grid)
     meta = {k: v for k, v in asdict_info(info).items() if k != "properties"}
-    meta["mpp_effective"] = mpp0
-    return Plan(grid=grid, selected=selected, mpp0=mpp0, mask_source=source, slide_meta=meta,
-                native=native)
+    meta["mpp_effective"] = mpp0  # the store keeps the file's mpp; writers get this one
+    return Plan(grid=grid, selected=selected, info=replace(info, mpp=mpp0), mask_source=source,
+                slide_meta=meta, native=native)
 
 
 def select_tiles(fg: Any, grid: Any) -> Any:
@@ -222,7 +223,7 @@ def fingerprint(src: Path, segmenter: Segmenter, plan: Plan, config: RunConfig) 
         "task": segmenter.task,
         "classes": [c.name for c in segmenter.classes],
         "target_mpp": None if plan.native else segmenter.mpp,
-        "mpp0": plan.mpp0,
+        "mpp0": plan.info.mpp,
         "backend": plan.slide_meta.get("backend"),
         "tiling": grid_to_dict(plan.grid),
         "mask": {"no_mask": config.no_mask, "roi_sha256": roi_sha, "source": plan.mask_source},

@@ -46,6 +46,16 @@ def effective_mpp(info: SlideInfo, mpp_override: float | None = None) -> float:
     return float(info.mpp)
 
 
+def level0_mpp(info: SlideInfo, mpp_override: float | None = None, *,
+               required: bool = True) -> float | None:
+    """The one level-0 pixel size of a run: ``mpp_override`` (--mpp), else the file's.
+    ``required`` (a model with a physical pixel size): :func:`effective_mpp`, an error without
+    one; else (a model run on level-0 pixels as they are) it may be None."""
+    if not required:
+        return mpp_override if mpp_override is not None else info.mpp
+    return effective_mpp(info, mpp_override)
+
+
 def check_unit(info: SlideInfo, target_unit: str | None, model: str | None = None) -> None:
     """A model trained in µm/px cannot run on m/px rasters (and vice versa)."""
     if target_unit is None or target_unit == info.mpp_unit:

@@ -9,6 +9,8 @@ Coordinate conventions (used everywhere):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 #: ImageNet input normalisation, RGB on the 0..255 scale (detectron2's PIXEL_MEAN / PIXEL_STD):
 #: the default of every card and network here
@@ -43,6 +45,27 @@ class SlideInfo:
     @property
     def is_georeferenced(self) -> bool:
         return self.geotransform is not None
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where and how one run writes its polygons, resolved once per input (tilesegcli.outputs)
+    and handed to the merge and the writers."""
+
+    path: Path  # the polygon file; Path("-") = stdout
+    format: str  # one of FORMATS
+    labels: Path | None = None  # OME-Zarr label images, when asked for
+    min_area: float | None = None  # physical units (µm², m²; level-0 px² when unknown)
+    simplify: float | None = None  # µm, m; level-0 px when unknown
+
+    @property
+    def to_stdout(self) -> bool:
+        return str(self.path) == "-"
+
+    def options(self) -> dict[str, Any]:
+        """The options that shape the written output (they enter its fingerprint)."""
+        return {"format": self.format, "min_area": self.min_area, "simplify": self.simplify,
+                "labels": str(self.labels) if self.labels else None}
 
 
 @dataclass(frozen=True)

@@ -153,20 +153,16 @@ class OutputTransform:
     crs: bool = False
     min_area: float | None = None
     simplify: float | None = None
-    mpp: float | None = None  # level-0 pixel size; defaults to info.mpp
-    mpp_unit: str | None = None  # "um" | "m"; defaults to info.mpp_unit
     origin: tuple[float, float] = (0.0, 0.0)  # level-0 px subtracted in pixel output (MRXS bounds)
 
     def __post_init__(self) -> None:
-        if self.mpp is None and self.info is not None:
-            self.mpp = self.info.mpp
-        if self.mpp_unit is None:
-            self.mpp_unit = self.info.mpp_unit if self.info is not None else "um"
+        # the one level-0 pixel size: the run's SlideInfo carries it (--mpp or the file's)
+        mpp = self.info.mpp if self.info is not None else None
         if self.crs and (self.info is None or self.info.geotransform is None):
             raise ValueError("CRS output needs a georeferenced SlideInfo (geotransform)")
         # physical size of one working pixel (or level-0 px units when the pixel size is unknown)
-        self.work_px = float(self.downsample) * (self.mpp if self.mpp else 1.0)
-        self.unit = self.mpp_unit if self.mpp else None
+        self.work_px = float(self.downsample) * (mpp if mpp else 1.0)
+        self.unit = self.info.mpp_unit if mpp and self.info is not None else None
         self._len_unit, self._area_unit = _unit_labels(self.unit)
         ds = float(self.downsample)
         if self.crs:

@@ -28,12 +28,14 @@ def merge(store: Path, output: Path, fmt: str | None, labels: Path | None,
     """
     from tilesegcli.errors import OutputError
     from tilesegcli.merge import merge_store
+    from tilesegcli.outputs import output_spec
     from tilesegcli.store import TileStore
 
     setup_logging(log_level, quiet)
     ts = TileStore.open(store)
-    if str(output) != "-" and output.exists() and not overwrite:
+    spec = output_spec(output, fmt, labels=labels, min_area=min_area, simplify=simplify)
+    if not spec.to_stdout and spec.path.exists() and not overwrite:
         raise OutputError(f"{output} exists; pass --overwrite")
-    merge_store(ts, output, fmt=fmt, labels=labels, min_area=min_area, simplify=simplify)
-    if str(output) != "-":
+    merge_store(ts, spec)
+    if not spec.to_stdout:
         click.echo(str(output))

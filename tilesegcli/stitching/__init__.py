@@ -3,8 +3,9 @@ seam-free per-class regions with holes (semantic). Geometry in working-resolutio
 
 from __future__ import annotations
 
-from tilesegcli.stitching.instances import stitch_instances
-from tilesegcli.stitching.semantic import stitch_semantic
+from tilesegcli.stitching.instances import InstanceStitcher, stitch_instances
+from tilesegcli.stitching.semantic import SemanticStitcher, stitch_semantic
 from tilesegcli.stitching.types import StitchedObject, StitchStats
 
-__all__ = ["StitchStats", "StitchedObject", "stitch_instances", "stitch_semantic"]
+__all__ = ["InstanceStitcher", "SemanticStitcher", "StitchStats", "StitchedObject",
+           "stitch_instances", "stitch_semantic"]

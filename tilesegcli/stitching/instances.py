@@ -269,6 +269,65 @@ def _tile_objects(
     return done, views
 
 
+class InstanceStitcher:
+    """Push-style exactly-once stitching: ``add(spec, result)`` per tile in row-major order
+    returns the objects no later tile can change; ``finish()`` returns the rest.
+
+    The last stage (:class:`~tilesegcli.stitching.overlaps.OverlapResolver`) makes every object
+    one clean polygon of at least ``min_area_px`` and removes overlaps between detections."""
+
+    def __init__(self, grid: GridSpec, *, min_area_px: float = 0,
+                 stats: StitchStats | None = None, match_iomin: float = 0.5) -> None:
+        self.grid = grid
+        self.stats = stats if stats is not None else StitchStats()
+        self._pool = _SeamPool(grid, match_iomin)
+        self._held = OverlapResolver(min_area_px, grid.stride_px, self.stats)
+        self._row = self._last_index = -1
+        self._uid = 0
+
+    def _count(self, objs: Iterable[StitchedObject]) -> list[StitchedObject]:
+        out = list(objs)
+        for obj in out:
+            self.stats.objects += 1
+            if obj.merged:
+                self.stats.merged += 1
+            else:
+                self.stats.owned += 1
+        return out
+
+    def _resolve_groups(self, y_limit: float | None) -> None:
+        for g in self._pool.pop_groups(y_limit):
+            obj = _resolve(g, self.stats)
+            if obj is not None:
+                self._held.add(obj)
+
+    def add(self, spec: TileSpec, res: TileResult) -> list[StitchedObject]:
+        if spec.index <= self._last_index:
+            raise ValueError(f"tiles must come in row-major order (tile {spec.index} after "
+                             f"{self._last_index})")
+        self._last_index = spec.index
+        released: list[StitchedObject] = []
+        pool = self._pool
+        if spec.row != self._row:
+            self._row = spec.row
+            self._resolve_groups(spec.row * self.grid.stride_px)
+            # nothing emitted from now on reaches above this row's windows or a pending view's
+            bound = min([spec.y, *(v.window[1] for v in pool.views.values())])
+            released = self._count(self._held.release(bound))
+        self.stats.tiles += 1
+        done, views = _tile_objects(self.grid, spec, res, self._uid)
+        self._uid += len(views)
+        for obj in done:
+            self._held.add(obj)
+        pool.add(spec, views)
+        self.stats.pending_peak = max(self.stats.pending_peak, len(pool.views))
+        return released
+
+    def finish(self) -> list[StitchedObject]:
+        self._resolve_groups(None)
+        return self._count(self._held.finish())
+
+
 def stitch_instances(
     grid: GridSpec,
     tiles: Iterable[tuple[TileSpec, TileResult]],
@@ -277,46 +336,10 @@ def stitch_instances(
     stats: StitchStats | None = None,
     match_iomin: float = 0.5,
 ) -> Iterator[StitchedObject]:
-    """Stream every instance exactly once (geometry in working px). ``tiles`` in row-major order.
-
-    The last stage (:class:`~tilesegcli.stitching.overlaps.OverlapResolver`) makes every object
-    one clean polygon of at least ``min_area_px`` and removes overlaps between detections."""
-    st = stats if stats is not None else StitchStats()
-    pool = _SeamPool(grid, match_iomin)
-    held = OverlapResolver(min_area_px, grid.stride_px, st)
-    row, last_index, uid = -1, -1, 0
-
-    def out(objs: Iterable[StitchedObject]) -> Iterator[StitchedObject]:
-        for obj in objs:
-            st.objects += 1
-            if obj.merged:
-                st.merged += 1
-            else:
-                st.owned += 1
-            yield obj
-
+    """Every instance exactly once (geometry in working px), ``tiles`` in row-major order: the
+    generator form of :class:`InstanceStitcher`."""
+    stitcher = InstanceStitcher(grid, min_area_px=min_area_px, stats=stats,
+                                match_iomin=match_iomin)
     for spec, res in tiles:
-        if spec.index <= last_index:
-            raise ValueError(f"tiles must come in row-major order (tile {spec.index} after {last_index})")
-        last_index = spec.index
-        if spec.row != row:
-            row = spec.row
-            for g in pool.pop_groups(row * grid.stride_px):
-                obj = _resolve(g, st)
-                if obj is not None:
-                    held.add(obj)
-            # nothing emitted from now on reaches above this row's windows or a pending view's
-            bound = min([spec.y, *(v.window[1] for v in pool.views.values())])
-            yield from out(held.release(bound))
-        st.tiles += 1
-        done, views = _tile_objects(grid, spec, res, uid)
-        uid += len(views)
-        for obj in done:
-            held.add(obj)
-        pool.add(spec, views)
-        st.pending_peak = max(st.pending_peak, len(pool.views))
-    for g in pool.pop_groups(None):
-        obj = _resolve(g, st)
-        if obj is not None:
-            held.add(obj)
-    yield from out(held.finish())
+        yield from stitcher.add(spec, res)
+    yield from stitcher.finish()

@@ -364,6 +364,44 @@ class _BlendBands:
         return out
 
 
+class SemanticStitcher:
+    """Push-style semantic stitching: ``add(spec, result)`` per tile in row-major order returns
+    the regions finished so far; ``finish()`` returns the rest (working px, kind "annotation").
+
+    blend: "crop" (core crops, 2 bytes/px of band state) or "linear" (ramp-weighted average over
+    the overlaps, C x tile_px x width float32 of state); see the module docstring."""
+
+    def __init__(self, grid: GridSpec, *, classes: Sequence[ClassInfo], min_area_px: float = 0,
+                 simplify_px: float = 0, stats: StitchStats | None = None,
+                 blend: str = "crop") -> None:
+        if blend not in ("crop", "linear"):
+            raise ValueError(f"blend must be 'crop' or 'linear', not {blend!r}")
+        self.stats = stats if stats is not None else StitchStats()
+        self.n_classes = len(classes)
+        self._merger = _BandMerger(grid, self.stats, min_area_px, simplify_px)
+        crop = blend == "crop" or grid.overlap_px == 0
+        self._bands = (_CropBands if crop else _BlendBands)(grid, self.n_classes)
+        self._last_index = -1
+
+    def _merge(self, bands: list[Band]) -> list[StitchedObject]:
+        return [obj for y0, h, segments in bands for obj in self._merger.band(y0, h, segments)]
+
+    def add(self, spec: TileSpec, res: TileResult) -> list[StitchedObject]:
+        if spec.index <= self._last_index:
+            raise ValueError(f"tiles must come in row-major order (tile {spec.index} after "
+                             f"{self._last_index})")
+        self._last_index = spec.index
+        self.stats.tiles += 1
+        probs = None if res.semantic is None else np.asarray(res.semantic)
+        if probs is not None and probs.shape[0] != self.n_classes:
+            raise ValueError(f"tile has {probs.shape[0]} semantic channels, expected "
+                             f"{self.n_classes}")
+        return self._merge(self._bands.add(spec, probs))
+
+    def finish(self) -> list[StitchedObject]:
+        return [*self._merge(self._bands.finish()), *self._merger.flush_all()]
+
+
 def stitch_semantic(
     grid: GridSpec,
     tiles: Iterable[tuple[TileSpec, TileResult]],
@@ -374,26 +412,10 @@ def stitch_semantic(
     stats: StitchStats | None = None,
     blend: str = "crop",
 ) -> Iterator[StitchedObject]:
-    """Stream per-class region polygons (working px, kind "annotation"); tiles in row-major order.
-
-    blend: "crop" (core crops, 2 bytes/px of band state) or "linear" (ramp-weighted average over
-    the overlaps, C x tile_px x width float32 of state); see the module docstring."""
-    st = stats if stats is not None else StitchStats()
-    merger = _BandMerger(grid, st, min_area_px, simplify_px)
-    if blend not in ("crop", "linear"):
-        raise ValueError(f"blend must be 'crop' or 'linear', not {blend!r}")
-    bands = (_CropBands if blend == "crop" or grid.overlap_px == 0 else _BlendBands)(grid, len(classes))
-    last_index = -1
+    """Per-class region polygons, ``tiles`` in row-major order: the generator form of
+    :class:`SemanticStitcher`."""
+    stitcher = SemanticStitcher(grid, classes=classes, min_area_px=min_area_px,
+                                simplify_px=simplify_px, stats=stats, blend=blend)
     for spec, res in tiles:
-        if spec.index <= last_index:
-            raise ValueError(f"tiles must come in row-major order (tile {spec.index} after {last_index})")
-        last_index = spec.index
-        st.tiles += 1
-        probs = None if res.semantic is None else np.asarray(res.semantic)
-        if probs is not None and probs.shape[0] != len(classes):
-            raise ValueError(f"tile has {probs.shape[0]} semantic channels, expected {len(classes)}")
-        for y0, h, segments in bands.add(spec, probs):
-            yield from merger.band(y0, h, segments)
-    for y0, h, segments in bands.finish():
-        yield from merger.band(y0, h, segments)
-    yield from merger.flush_all()
+        yield from stitcher.add(spec, res)
+    yield from stitcher.finish()

@@ -173,7 +173,6 @@ def open_writer(
     *,
     classes: Sequence[ClassInfo],
     info: SlideInfo | None = None,
-    mpp: float | None = None,
     grid: GridSpec | None = None,
     min_area: float | None = None,
     simplify: float | None = None,
@@ -182,7 +181,7 @@ def open_writer(
     """Open a streaming feature writer (see module docstring for the formats).
 
     path: file path or ``"-"`` (stdout). fmt: one of FORMATS, default from the file name.
-    info: the slide (pixel size, georeferencing). mpp: level-0 pixel size overriding ``info.mpp``.
+    info: the slide as the run saw it (``mpp``: the run's level-0 pixel size; georeferencing).
     grid: objects arrive in working px of this grid (``grid.downsample`` -> level 0); without
     it they arrive in level-0 px. They are mapped to the CRS for georeferenced geojson output.
     min_area / simplify: physical units (µm², µm; m², m georeferenced; level-0 px when unknown).
@@ -197,7 +196,7 @@ def open_writer(
     geo = fmt != "qupath" and info is not None and info.geotransform is not None
     transform = OutputTransform(
         grid.downsample if grid is not None else 1.0,
-        info=info, crs=geo, min_area=min_area, simplify=simplify, mpp=mpp, origin=origin,
+        info=info, crs=geo, min_area=min_area, simplify=simplify, origin=origin,
     )
     sink = AtomicOutput(path, gz=fmt == "geojson.gz")
     crs = info.crs if geo and info is not None else None

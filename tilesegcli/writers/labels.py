@@ -237,11 +237,11 @@ def open_labels_writer(
     grid: GridSpec,
     classes: Sequence[ClassInfo],
     info: SlideInfo | None = None,
-    mpp: float | None = None,
     **kwargs: int,
 ) -> LabelsWriter:
-    """Label images at the working resolution of ``grid`` (pixel size = level-0 mpp x downsample)."""
-    mpp = mpp if mpp is not None else (info.mpp if info is not None else None)
+    """Label images at the working resolution of ``grid`` (pixel size = ``info.mpp``, the run's
+    level-0 pixel size, x downsample)."""
+    mpp = info.mpp if info is not None else None
     unit = "meter" if info is not None and info.mpp_unit == "m" else "micrometer"
     lag = max(int(kwargs.pop("lag_px", 0)), 2 * grid.tile_px)
     return LabelsWriter(path, width=grid.width, height=grid.height, classes=classes,
