@@ -12,7 +12,7 @@
     python benchmarks/bench_pipeline.py [--only a,b,c] [--workdir DIR] [--size-a 20000]
 
 Slides are painted procedurally (tissue ellipses with a lattice of jittered nuclei) tile by tile
-through tilesegcli.synthetic.write_slide_tiff, so even the 100k slide never sits in memory.
+through tilesegcli.testing.synthetic.write_slide_tiff, so even the 100k slide never sits in memory.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class TissuePainter:
 
 def make_slide(path: Path, size: int, blobs: list[tuple[float, float, float, float]],
                mpp: float) -> Path:
-    from tilesegcli import synthetic
+    from tilesegcli.testing import synthetic
 
     if path.exists():
         return path
@@ -82,7 +82,7 @@ def make_slide(path: Path, size: int, blobs: list[tuple[float, float, float, flo
 
 
 def realistic_model():  # noqa: ANN201
-    from tilesegcli.nn.simple import SimpleSegmenter
+    from tilesegcli.segmenters.simple import SimpleSegmenter
 
     # Geometry of the aff-nuclei card (instance, 0.5 µm/px, 192 px tiles, 64 px overlap);
     # ~5 GFLOP per tile: the order of a small transformer segmenter on CPU
@@ -126,8 +126,8 @@ def bench_a(work: Path, size: int) -> dict:
 def _rss_child(slide: str, out: str, workdir: str, task: str) -> None:
     import torch
 
-    from tilesegcli.nn.simple import SimpleSegmenter
     from tilesegcli.pipeline import predict
+    from tilesegcli.segmenters.simple import SimpleSegmenter
 
     torch.set_num_threads(1)
     [r] = predict(slide, segmenter=SimpleSegmenter(task=task), output=out, overwrite=True,

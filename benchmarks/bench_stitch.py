@@ -149,7 +149,7 @@ def nuclei_tiles(grid, spacing: float, seed: int) -> tuple[list, np.ndarray]:  #
 def vs_model(n_side: int, batch: int, reps: int) -> None:
     import torch
 
-    from tilesegcli.nn.segmenter import AFFSegmenter, build_model
+    from tilesegcli.segmenters.aff_m2f import AFFSegmenter, build_model
     from tilesegcli.specs import LevelInfo, SlideInfo
     from tilesegcli.stitching import StitchStats, stitch_instances
     from tilesegcli.tiling import make_grid

@@ -14,13 +14,13 @@ if [[ -z "$src" ]]; then
     src="$out/synthetic_geotiff.tif"
     python - "$src" <<'PY'
 import sys
-from tilesegcli import synthetic
+from tilesegcli.testing import synthetic
 img = synthetic.tissue_like(1200, 900, seed=7, background=200)
 synthetic.write_geotiff(sys.argv[1], img, epsg=32616, pixel_size=0.5, tile=256)
 PY
 fi
 tileseg predict "$src" \
-    --model "${MODEL:-tilesegcli.nn.simple:native}" \
+    --model "${MODEL:-tilesegcli.segmenters.simple:native}" \
     --outdir "$out" \
     --format geojson \
     --min-area 2 \

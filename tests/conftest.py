@@ -68,7 +68,7 @@ def one_thread(_few_threads: None) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def slide_svs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """1400 x 1100 px H&E-like JPEG SVS at 0.5 µm/px (about 30 tiles of the simple net)."""
-    from tilesegcli import synthetic
+    from tilesegcli.testing import synthetic
 
     p = tmp_path_factory.mktemp("slides") / "tissue.svs"
     return synthetic.write_slide_tiff(p, synthetic.tissue_like(1400, 1100, seed=3), kind="svs",
@@ -78,7 +78,7 @@ def slide_svs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def big_svs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """2000 x 1800 px slide: enough tiles (~60) to kill a run in the middle."""
-    from tilesegcli import synthetic
+    from tilesegcli.testing import synthetic
 
     p = tmp_path_factory.mktemp("slides") / "big.svs"
     return synthetic.write_slide_tiff(p, synthetic.tissue_like(2000, 1800, seed=5, n_blobs=5),

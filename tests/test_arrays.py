@@ -71,7 +71,7 @@ def test_validation_equals_tileseg_predict_on_a_file(tmp_path: Path) -> None:
     gt = _discs(200, 260, seed=4)
     img[gt > 0] = rng.integers(20, 90, (int((gt > 0).sum()), 3), dtype=np.uint8)
     Image.fromarray(img).save(tmp_path / "img.png")
-    from tilesegcli.nn.simple import SimpleSegmenter
+    from tilesegcli.segmenters.simple import SimpleSegmenter
 
     seg = SimpleSegmenter(task="instance", tile_size=64, overlap=16, mpp=0.5)
     objs = predict_array(seg, img)

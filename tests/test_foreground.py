@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tilesegcli import synthetic as syn
 from tilesegcli.errors import UsageError
 from tilesegcli.foreground import (
     ForegroundMask,
@@ -20,6 +19,7 @@ from tilesegcli.foreground import (
     tissue_mask,
 )
 from tilesegcli.readers import open_reader
+from tilesegcli.testing import synthetic as syn
 from tilesegcli.tiling import iter_tiles, make_grid
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tilesegcli import synthetic as syn
 from tilesegcli.errors import MissingResolutionError, UsageError
 from tilesegcli.readers import open_reader
 from tilesegcli.resolution import (
@@ -18,6 +17,7 @@ from tilesegcli.resolution import (
     work_size,
 )
 from tilesegcli.specs import LevelInfo, SlideInfo
+from tilesegcli.testing import synthetic as syn
 from tilesegcli.tiling import make_grid
 
 

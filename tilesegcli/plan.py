@@ -53,7 +53,7 @@ def load_model(config: RunConfig) -> Segmenter:
         if config.flips is not None:
             raise UsageError(f"--flips applies to model cards, not to --model {name}")
         if name == "simple":
-            from tilesegcli.nn.simple import SimpleSegmenter
+            from tilesegcli.segmenters.simple import SimpleSegmenter
 
             return SimpleSegmenter(device=device)
         import importlib

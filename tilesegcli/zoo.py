@@ -509,9 +509,9 @@ def licence_summary(text: str) -> str:
 
 # architecture["head"] -> "module:attr" of a class with from_card(card, weights=, device=).
 _SEGMENTERS = {
-    "mask2former": "tilesegcli.nn.segmenter:AFFSegmenter",
-    "seaformer": "tilesegcli.nn.semantic:SemanticSegmenter",
-    "focal_fpn": "tilesegcli.nn.semantic:SemanticSegmenter",
+    "mask2former": "tilesegcli.segmenters.aff_m2f:AFFSegmenter",
+    "seaformer": "tilesegcli.segmenters.dense:SemanticSegmenter",
+    "focal_fpn": "tilesegcli.segmenters.dense:SemanticSegmenter",
 }
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tilesegcli import synthetic
-from tilesegcli.nn.simple import SimpleSegmenter
 from tilesegcli.pipeline import predict
+from tilesegcli.segmenters.simple import SimpleSegmenter
+from tilesegcli.testing import synthetic
 
 
 @pytest.fixture

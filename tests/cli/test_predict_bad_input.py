@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tilesegcli import synthetic
-from tilesegcli.nn.simple import SimpleSegmenter
 from tilesegcli.pipeline import RunConfig, run_slide
+from tilesegcli.segmenters.simple import SimpleSegmenter
+from tilesegcli.testing import synthetic
 
 
 def _one_error_line(err: str) -> str:

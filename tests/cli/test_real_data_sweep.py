@@ -109,7 +109,7 @@ def test_slide_without_mpp_names_the_flag(shared_dir, tmp_path):
 def test_geotiffs_give_crs_geojson(shared_dir, tmp_path, rel):
     [tif] = _existing(shared_dir / "data", [rel])
     out = tmp_path / "g.geojson"
-    r = _run(tif, "--model", "tilesegcli.nn.simple:native", "-o", out, "-q", cwd=tmp_path)
+    r = _run(tif, "--model", "tilesegcli.segmenters.simple:native", "-o", out, "-q", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     doc = json.loads(out.read_text())
     assert doc["type"] == "FeatureCollection" and doc["features"]

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from tilesegcli import synthetic
 from tilesegcli.store import TileStore
+from tilesegcli.testing import synthetic
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMONS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "sinfo", "squeue", "scancel",

@@ -1,4 +1,4 @@
-"""SemanticSegmenter (tilesegcli.nn.semantic) around SeaFormer and Focal nets: TileResult
+"""SemanticSegmenter (tilesegcli.segmenters.dense) around SeaFormer and Focal nets: TileResult
 contract, normalisation, padding, class offset, errors, and loading weights from a card."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from tilesegcli.errors import UsageError, WeightsError
 from tilesegcli.nn.focal import focal_test
 from tilesegcli.nn.seaformer import checkpoint_filter_fn, seaformer_test
-from tilesegcli.nn.semantic import SemanticSegmenter, build_semantic_net, load_backbone_weights
 from tilesegcli.segmenter import ClassInfo, Segmenter
+from tilesegcli.segmenters.dense import SemanticSegmenter, build_semantic_net, load_backbone_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

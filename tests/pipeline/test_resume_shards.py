@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from tilesegcli.errors import StoreError
-from tilesegcli.nn.simple import SimpleSegmenter
 from tilesegcli.pipeline import RunConfig, predict, run_slide
+from tilesegcli.segmenters.simple import SimpleSegmenter
 from tilesegcli.store import TileStore
 
 

@@ -9,8 +9,8 @@ import pytest
 
 from tilesegcli.device import resolve_device
 from tilesegcli.errors import SlideReadError, TilesegError, UsageError
-from tilesegcli.nn.simple import SimpleSegmenter
 from tilesegcli.runner import run_tiles
+from tilesegcli.segmenters.simple import SimpleSegmenter
 from tilesegcli.tiling import iter_tiles, make_grid
 
 GRID = make_grid(400, 300, 64, 8)

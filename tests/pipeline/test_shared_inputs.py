@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from tilesegcli.nn.simple import SimpleSegmenter, native
 from tilesegcli.pipeline import predict
+from tilesegcli.segmenters.simple import SimpleSegmenter, native
 
 
 def _need(path):

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tilesegcli import synthetic as syn
 from tilesegcli.errors import SlideOpenError, SlideReadError, TilesegError, UsageError
 from tilesegcli.readers import open_reader
+from tilesegcli.testing import synthetic as syn
 
 
 def _one_line(e: BaseException, path: Path) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tilesegcli import synthetic as syn
 from tilesegcli.readers import detect_backend, open_reader
+from tilesegcli.testing import synthetic as syn
 
 
 def _rgb(h: int = 64, w: int = 96, seed: int = 0) -> np.ndarray:

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tilesegcli import synthetic as syn
 from tilesegcli.readers import Reader, detect_backend, open_reader
 from tilesegcli.readers.base import to_rgb8
+from tilesegcli.testing import synthetic as syn
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tilesegcli import synthetic as syn
 from tilesegcli.readers import open_reader
+from tilesegcli.testing import synthetic as syn
 
 
 def test_disc_scene_random_is_seeded_and_non_overlapping() -> None:

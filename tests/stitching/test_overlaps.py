@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import shapely
 
-from tilesegcli.oracle import OracleSegmenter
 from tilesegcli.segmenter import ClassInfo
 from tilesegcli.stitching import StitchStats, stitch_instances
 from tilesegcli.stitching.overlaps import OverlapResolver, clean_polygon
 from tilesegcli.stitching.types import StitchedObject
+from tilesegcli.testing.oracle import OracleSegmenter
 from tilesegcli.tiling import iter_tiles, make_grid
 
 CLASSES = [ClassInfo("background", (0, 0, 0)), ClassInfo("nucleus", (200, 0, 0))]

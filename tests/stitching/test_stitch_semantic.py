@@ -8,9 +8,9 @@ import pytest
 import shapely
 from scipy import ndimage
 
-from tilesegcli.oracle import OracleSegmenter
 from tilesegcli.segmenter import ClassInfo
 from tilesegcli.stitching import StitchStats, stitch_semantic
+from tilesegcli.testing.oracle import OracleSegmenter
 from tilesegcli.tiling import core_bounds, iter_tiles, make_grid
 from tilesegcli.vectorize import class_map_to_geometries
 

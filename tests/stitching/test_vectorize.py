@@ -7,10 +7,10 @@ import pytest
 import shapely
 from scipy import ndimage
 
-from tilesegcli.oracle import OracleSegmenter
 from tilesegcli.segmenter import ClassInfo
 from tilesegcli.specs import LevelInfo, SlideInfo, TileSpec
 from tilesegcli.stitching import StitchedObject
+from tilesegcli.testing.oracle import OracleSegmenter
 from tilesegcli.vectorize import (
     OutputTransform,
     class_map_to_geometries,

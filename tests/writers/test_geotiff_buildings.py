@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import shapely
 
-from tilesegcli.oracle import OracleSegmenter
 from tilesegcli.segmenter import ClassInfo
 from tilesegcli.specs import LevelInfo, SlideInfo
 from tilesegcli.stitching import StitchStats, stitch_instances
+from tilesegcli.testing.oracle import OracleSegmenter
 from tilesegcli.tiling import iter_tiles, make_grid
 from tilesegcli.writers import open_writer
 

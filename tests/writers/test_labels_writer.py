@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tilesegcli.oracle import OracleSegmenter
 from tilesegcli.segmenter import ClassInfo
 from tilesegcli.specs import LevelInfo, SlideInfo
 from tilesegcli.stitching import stitch_instances, stitch_semantic
+from tilesegcli.testing.oracle import OracleSegmenter
 from tilesegcli.tiling import iter_tiles, make_grid
 from tilesegcli.writers import open_labels_writer
 

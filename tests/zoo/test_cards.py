@@ -230,7 +230,7 @@ def test_write_card_roundtrip(tmp_path):
 
 def test_official_mini_ade_architecture_matches_reference_counts():
     """AFF-REFERENCE §4: SEG AFF-Mini/ADE has 571 keys, 6.37M backbone + 19.43M head params."""
-    from tilesegcli.nn.segmenter import build_model
+    from tilesegcli.segmenters.aff_m2f import build_model
 
     m = build_model(load_card("aff-mini.ade20k"))
     sd = m.state_dict()

@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from tilesegcli.nn.segmenter import gate_instances  # noqa: E402
+from tilesegcli.segmenters.aff_m2f import gate_instances  # noqa: E402
 from tilesegcli.zoo import load_segmenter  # noqa: E402
 
 from .test_segmenter import _card, _head, _tiles  # noqa: E402

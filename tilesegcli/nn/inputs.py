@@ -1,6 +1,6 @@
 """What a network is given: uint8 RGB tiles normalised with a card's mean/std (0-255 scale) and
 zero-padded at the bottom/right to its size divisibility (zero = the mean colour once normalised;
-callers crop outputs back to the tile). One rule for inference (``nn.segmenter``, ``nn.semantic``),
+callers crop outputs back to the tile). One rule for inference (``segmenters.aff_m2f``, ``segmenters.dense``),
 the AFF + Mask2Former model itself and training (``train.net``).
 """
 

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 
 def build_model(arch: dict[str, Any]) -> nn.Module:
-    """The network of a card's ``architecture`` (same call as ``tilesegcli.nn.segmenter``)."""
+    """The network of a card's ``architecture`` (same call as ``tilesegcli.segmenters.aff_m2f``)."""
     from tilesegcli.nn.aff_m2f import build_aff_m2f
 
     bkw = {k: tuple(v) if isinstance(v, list) else v for k, v in arch.get("backbone_kwargs", {}).items()}

@@ -57,7 +57,7 @@ def sweep_thresholds(seg: Any, data: list[Loaded], tile: int, overlap: int,
 
 def segmenter_for(net: TrainNet, cfg: TrainConfig, device: str = "cpu") -> Segmenter:
     """The shipped Segmenter around the (live) training model."""
-    from tilesegcli.nn.segmenter import AFFSegmenter
+    from tilesegcli.segmenters.aff_m2f import AFFSegmenter
     from tilesegcli.train.net import card_dict
     from tilesegcli.zoo import card_from_dict
 

@@ -142,7 +142,7 @@ class SimpleSegmenter:
 
 
 def native(device: str = "cpu", weights: str | None = None) -> SimpleSegmenter:
-    """Factory for ``--model tilesegcli.nn.simple:native``: the simple net at the input's own
+    """Factory for ``--model tilesegcli.segmenters.simple:native``: the simple net at the input's own
     resolution (``mpp=None``), e.g. for GeoTIFF demos whatever their ground sampling distance.
     Shows the ``package.module:factory`` route for bringing your own model to the CLI."""
     return SimpleSegmenter(mpp=None, mpp_unit="m", name="simple-native", device=device)

@@ -8,7 +8,7 @@ which ``SemanticSegmenter.from_card`` combines for the zoo, and ``load_backbone_
 (official ImageNet checkpoints -> backbone init for fine-tuning).
 
 Zoo hook: ``architecture["head"]`` "seaformer" / "focal_fpn" ->
-``tilesegcli.nn.semantic:SemanticSegmenter`` (``from_card(card, weights=, device=)``).
+``tilesegcli.segmenters.dense:SemanticSegmenter`` (``from_card(card, weights=, device=)``).
 
 Card architecture (``head`` "seaformer" or "focal_fpn")::
 
