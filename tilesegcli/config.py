@@ -101,6 +101,7 @@ class RunConfig:
     model_threads: int = 1  # batches in the model at once (CPU: each gets 1/K of the threads)
     device: str = "auto"
     flips: int | None = None  # test-time flip passes of instance cards (None = the card's)
+    view_agreement: float | None = None  # views 2.. only where views 0-1 disagree (None = card's)
     workdir: Path | None = None
     shard: tuple[int, int] = (0, 1)
     overwrite: bool = False

@@ -50,8 +50,9 @@ def load_model(config: RunConfig) -> Segmenter:
     if w is not None and name == "simple":
         raise UsageError("--weights does not apply to --model simple (it has no weights)")
     if name == "simple" or (":" in name and not Path(name).exists()):
-        if config.flips is not None:
-            raise UsageError(f"--flips applies to model cards, not to --model {name}")
+        if config.flips is not None or config.view_agreement is not None:
+            raise UsageError(f"--flips and --view-agreement apply to model cards, not to "
+                             f"--model {name}")
         if name == "simple":
             from tilesegcli.segmenters.simple import SimpleSegmenter
 
@@ -66,7 +67,8 @@ def load_model(config: RunConfig) -> Segmenter:
         return factory(device=device, weights=config.weights)
     from tilesegcli.zoo import load_segmenter
 
-    return load_segmenter(name, weights=config.weights, device=device, flip_views=config.flips)
+    return load_segmenter(name, weights=config.weights, device=device, flip_views=config.flips,
+                          view_agreement=config.view_agreement)
 
 
 def open_input(src: Path, backend: str) -> Any:

@@ -38,7 +38,9 @@ Card format (JSON object, ``"format": 1``)::
                        "flip_views" (instance: 1, 2, 4 or 8 passes over flipped copies of each
                        tile (8: also transposed), merged by mask voting; default 1 = one pass),
                        "fg_gate" (instance, heads with ``fg_head``: drop instances whose mean
-                       foreground probability is below it; 0 = off)}
+                       foreground probability is below it; 0 = off),
+                       "view_agreement" (instance, flip_views >= 4: views 2.. only on tiles whose
+                       first two views agree less than this (instance F1); 0 = always all)}
     weights           {"url": str|null, "sha256": hex|null (null = unknown: verified by strict
                        loading), "size": bytes|null, "filename": str, "bundled": bool (file lives
                        next to the card), "format": "auto"|"detectron2"|"state_dict"|
@@ -92,7 +94,7 @@ _OVERRIDABLE = ("tile_size", "overlap", "mpp", "mpp_unit", "min_area")
 _POSTPROCESS_DEFAULTS = {"score_threshold": 0.5, "top_k": 100, "object_mask_threshold": 0.8,
                          "overlap_threshold": 0.8, "min_visible_fraction": 0.0,
                          "cleanup_radius": -1, "mask_threshold": 0.5, "flip_views": 1,
-                         "fg_gate": 0.0}
+                         "fg_gate": 0.0, "view_agreement": 0.0}
 
 
 class InvalidCardError(UsageError):

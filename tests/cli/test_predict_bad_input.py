@@ -190,10 +190,10 @@ def test_usage_errors_exit_2(run_cli, tmp_path, args):
     assert code == 2 and out == "" and "Traceback" not in err
 
 
-def test_flips_needs_a_model_card(run_cli, tmp_path, tmp_leftovers):
+@pytest.mark.parametrize("opt", [("--flips", "2"), ("--view-agreement", "0.8")])
+def test_flips_needs_a_model_card(run_cli, tmp_path, tmp_leftovers, opt):
     img = tmp_path / "in.svs"
     img.write_bytes(b"x")
-    code, _, err = run_cli("predict", img, "--outdir", tmp_path / "o", "--model", "simple",
-                           "--flips", "2")
-    assert code == 2 and "--flips" in _one_error_line(err)
+    code, _, err = run_cli("predict", img, "--outdir", tmp_path / "o", "--model", "simple", *opt)
+    assert code == 2 and opt[0] in _one_error_line(err)
     _nothing_written(tmp_path / "o", tmp_leftovers)

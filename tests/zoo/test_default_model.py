@@ -95,3 +95,19 @@ def test_model_threads_give_the_same_output(tmp_path: Path, one_thread: None,
         assert r.status == "done" and r.tiles_computed >= 4, (r.error, r.tiles_computed)
         outs.append(feature_set(out))
     assert outs[0] and outs[0] == outs[1]
+
+
+def test_view_agreement_option_end_to_end(tmp_path: Path, one_thread: None, run_cli,
+                                          feature_set) -> None:
+    """``--view-agreement`` reaches the card: with a tiny agreement every tile stops after its
+    first two views, so 4 flips give exactly the output of ``--flips 2``."""
+    if DEFAULT_MODEL not in card_names() or not SLIDE.exists():
+        pytest.skip("default model or bundled slide not present")
+    roi = _roi(tmp_path, (1000, 1600, 1100, 1700))
+    outs = []
+    for opts in (["--flips", "2"], ["--flips", "4", "--view-agreement", "0.01"]):
+        out = tmp_path / f"{len(opts)}.geojson"
+        code, _, err = run_cli("predict", SLIDE, "-o", out, "--roi", roi, "-q", *opts)
+        assert code == 0, err
+        outs.append(feature_set(out))
+    assert outs[0] and outs[0] == outs[1]
