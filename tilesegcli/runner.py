@@ -84,15 +84,15 @@ def run_tiles(
         raise UsageError("--batch-size must be >= 1")
     if model_threads < 1:
         raise UsageError("--model-threads must be >= 1")
-    if model_threads > 1:
-        return _run_parallel(segmenter, tiles, read_tile, write_tile, batch_size=batch_size,
-                             num_workers=num_workers, progress=progress, desc=desc,
-                             progress_every_s=progress_every_s, model_threads=model_threads)
     stats = RunStats()
     t_start = time.perf_counter()
     batches = [list(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
     if not batches:
         return stats
+    if model_threads > 1:
+        return _run_parallel(segmenter, batches, read_tile, write_tile, stats, t_start,
+                             num_workers=num_workers, progress=progress, desc=desc,
+                             progress_every_s=progress_every_s, model_threads=model_threads)
     stop = threading.Event()
     read_errors: list[BaseException] = []  # tiles read before the failure still run
     errors: list[BaseException] = []  # writer/model failures: stop at once
@@ -180,18 +180,21 @@ def run_tiles(
         if pool is not None:
             producer.join()
             pool.shutdown(wait=True, cancel_futures=True)
-        if bar is not None:
-            bar.close()
-        stats.wall_s = time.perf_counter() - t_start
-        if not finished:
-            _log_stop(desc, stats, len(tiles))
+        _end(bar, stats, t_start, finished, desc, len(tiles))
     if errors or read_errors:
         raise (errors or read_errors)[0]
     return stats
 
 
-def _log_stop(desc: str, stats: RunStats, n_tiles: int) -> None:
-    """An interrupted (SIGTERM, Ctrl-C) or failed run says what a rerun will compute again."""
+def _end(bar: Any, stats: RunStats, t_start: float, finished: bool, desc: str,
+         n_tiles: int) -> None:
+    """Close the progress display and time the run; an interrupted (SIGTERM, Ctrl-C) or failed
+    run says what a rerun will compute again."""
+    if bar is not None:
+        bar.close()
+    stats.wall_s = time.perf_counter() - t_start
+    if finished:
+        return
     log.info("%s: stopped with %d of %d tile(s) stored by this run; %d tile(s) the model "
              "had finished were not stored (a rerun computes them again)", desc or "run",
              stats.tiles, n_tiles, sum(stats.batch_sizes) - stats.tiles)
@@ -242,11 +245,12 @@ def _forward(
 
 def _run_parallel(
     segmenter: Segmenter,
-    tiles: Sequence[TileSpec],
+    batches: list[list[TileSpec]],
     read_tile: Callable[[TileSpec], np.ndarray],
     write_tile: Callable[[TileSpec, TileResult], None],
+    stats: RunStats,
+    t_start: float,
     *,
-    batch_size: int,
     num_workers: int,
     progress: str | None,
     desc: str,
@@ -261,11 +265,7 @@ def _run_parallel(
     lowest unwritten batch is always in a model thread that holds its slot, so nobody waits on
     a slot forever.
     """
-    stats = RunStats()
-    t_start = time.perf_counter()
-    batches = [list(tiles[i : i + batch_size]) for i in range(0, len(tiles), batch_size)]
-    if not batches:
-        return stats
+    n_tiles = sum(len(b) for b in batches)
     stop = threading.Event()
     read_errors: list[BaseException] = []
     errors: list[BaseException] = []
@@ -273,7 +273,7 @@ def _run_parallel(
     q_in: queue.Queue = queue.Queue(maxsize=max(2, num_workers + model_threads))
     q_out: queue.Queue = queue.Queue()
     slots = threading.Semaphore(model_threads)
-    bar = _progress_bar(progress, len(tiles), desc, progress_every_s)
+    bar = _progress_bar(progress, n_tiles, desc, progress_every_s)
 
     def produce(pool: ThreadPoolExecutor) -> None:
         try:
@@ -379,11 +379,7 @@ def _run_parallel(
         producer.join()
         pool.shutdown(wait=True, cancel_futures=True)
         restore()
-        if bar is not None:
-            bar.close()
-        stats.wall_s = time.perf_counter() - t_start
-        if not finished:
-            _log_stop(desc, stats, len(tiles))
+        _end(bar, stats, t_start, finished, desc, n_tiles)
     if errors or read_errors:
         raise (errors or read_errors)[0]
     return stats
