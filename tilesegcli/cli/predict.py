@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -143,7 +144,7 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
     setup_logging(log_level, quiet)
     _log_header()
     try:
-        results = _run(**click.get_current_context().params)
+        results = _run(click.get_current_context().params)
     except (TilesegError, click.ClickException) as e:  # before any input ran: usage, model
         if summary is not None:
             msg = click_error_line(e) if isinstance(e, click.ClickException) else str(e)
@@ -161,43 +162,35 @@ def predict(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
         raise SystemExit(1)
 
 
-def _run(inputs: tuple[Path, ...], output: Path | None, outdir: Path | None,
-         input_list: str | None, model: str, weights: str | None, mpp: float | None,
-         backend: str, roi: Path | None, no_mask: bool, tile_size: int | None,
-         overlap: int | None, batch_size: int, num_workers: int | None,
-         model_threads: int | None, device: str,
-         flips: str | None, view_agreement: float | None, workdir: Path | None,
-         shard: tuple[int, int], overwrite: bool,
-         force: bool,
-         fmt: str | None, labels: Path | None, min_area: float | None, simplify: float | None,
-         summary: Path | None, progress_every: float, quiet: bool, log_level: str | None
-         ) -> list:
+def _run(p: dict[str, Any]) -> list:
+    """The parsed options ``p`` (click's names) -> RunConfig fields -> pipeline.predict."""
     from tilesegcli import pipeline
     from tilesegcli.errors import UsageError
     from tilesegcli.runner import default_num_workers
 
-    paths = [Path(p) for p in inputs]
-    if input_list is not None:
-        paths += [Path(p) for p in read_input_list(input_list)]
+    paths = [Path(x) for x in p["inputs"]]
+    if p["input_list"] is not None:
+        paths += [Path(x) for x in read_input_list(p["input_list"])]
     if not paths:
         raise UsageError("no inputs given (pass paths or --inputs FILE)")
+    output, summary = p["output"], p["summary"]
     if str(output) == "-" and summary is not None and str(summary) == "-":
         raise UsageError("-o - and --summary - cannot both use stdout")
-    options = dict(
-        weights=weights, mpp=mpp, backend=backend, roi=roi, no_mask=no_mask,
-        tile_size=tile_size, overlap=overlap, batch_size=batch_size,
-        num_workers=default_num_workers() if num_workers is None else num_workers,
-        model_threads=1 if model_threads is None else model_threads,
-        device=device, flips=None if flips is None else int(flips),
-        view_agreement=view_agreement, workdir=workdir,
-        shard=shard, overwrite=overwrite, force=force,
-        format=fmt, labels=labels, min_area=min_area, simplify=simplify, quiet=quiet,
-        progress_every_s=progress_every,
+    same = ("weights", "mpp", "backend", "roi", "no_mask", "tile_size", "overlap", "batch_size",
+            "device", "view_agreement", "workdir", "shard", "overwrite", "force", "labels",
+            "min_area", "simplify", "quiet")
+    options: dict[str, Any] = {k: p[k] for k in same}
+    options.update(
+        num_workers=default_num_workers() if p["num_workers"] is None else p["num_workers"],
+        model_threads=1 if p["model_threads"] is None else p["model_threads"],
+        flips=None if p["flips"] is None else int(p["flips"]),
+        format=p["fmt"], progress_every_s=p["progress_every"],
         command_line=["tileseg", *sys.argv[1:]],
     )
     old = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        return pipeline.predict(paths, model=model, output=output, outdir=outdir, **options)
+        return pipeline.predict(paths, model=p["model"], output=output, outdir=p["outdir"],
+                                **options)
     finally:
         signal.signal(signal.SIGTERM, old)
 
