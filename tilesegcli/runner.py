@@ -17,6 +17,7 @@ tile order whatever K. Progress: a tqdm bar on a terminal, log lines elsewhere
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -104,26 +105,17 @@ def run_tiles(
 
     bar = _progress_bar(progress, len(tiles), desc, progress_every_s)
 
-    def put(q: queue.Queue, item: object) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     def produce(pool: ThreadPoolExecutor | None) -> None:
         try:
             for batch in batches:
                 if stop.is_set():
                     return
                 imgs = list(pool.map(read_tile, batch)) if pool else [read_tile(t) for t in batch]
-                if not put(q_in, (batch, np.stack(imgs))):
+                if not _put(q_in, (batch, np.stack(imgs)), stop):
                     return
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             read_errors.append(e)
-        put(q_in, _END)
+        _put(q_in, _END, stop)
 
     def consume() -> None:
         try:
@@ -131,11 +123,7 @@ def run_tiles(
                 item = q_out.get()
                 if item is _END:
                     return
-                for tile, res in zip(*item, strict=True):
-                    write_tile(tile, res)
-                    stats.tiles += 1
-                    if bar is not None:
-                        bar.update(1)
+                _write_batch(*item, write_tile, stats, bar)
                 slot.release()
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
@@ -229,18 +217,50 @@ def _forward(
     q_out: queue.Queue,
     slot: threading.Semaphore,
 ) -> None:
+    results = _predict(segmenter, batch, imgs, stats)
+    slot.acquire()  # released by the writer when the previous batch is stored (or it died)
+    q_out.put((batch, results))
+
+
+def _put(q: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put ``item`` on a bounded queue unless the run stops first (then False)."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _predict(segmenter: Segmenter, batch: list[TileSpec], imgs: np.ndarray, stats: RunStats,
+             lock: threading.Lock | None = None) -> list[TileResult]:
+    """One model call, its result count checked and its time and size added to ``stats``
+    (under ``lock`` when several model threads share them)."""
     t0 = time.perf_counter()
     results = segmenter.predict_batch(imgs)
-    stats.forward_s += time.perf_counter() - t0
+    dt = time.perf_counter() - t0
     if len(results) != len(batch):
         raise TilesegError(
             f"segmenter {getattr(segmenter, 'name', '?')} returned {len(results)} results "
             f"for a batch of {len(batch)}"
         )
-    stats.batches += 1
-    stats.batch_sizes.append(len(batch))
-    slot.acquire()  # released by the writer when the previous batch is stored (or it died)
-    q_out.put((batch, results))
+    with lock if lock is not None else contextlib.nullcontext():
+        stats.forward_s += dt
+        stats.batches += 1
+        stats.batch_sizes.append(len(batch))
+    return results
+
+
+def _write_batch(batch: list[TileSpec], results: list[TileResult],
+                 write_tile: Callable[[TileSpec, TileResult], None], stats: RunStats,
+                 bar: Any) -> None:
+    """Hand one batch's results to the writer callback, counting and showing progress."""
+    for tile, res in zip(batch, results, strict=True):
+        write_tile(tile, res)
+        stats.tiles += 1
+        if bar is not None:
+            bar.update(1)
 
 
 def _run_parallel(
@@ -280,22 +300,13 @@ def _run_parallel(
             for seq, batch in enumerate(batches):
                 if stop.is_set():
                     return
-                imgs = np.stack(list(pool.map(read_tile, batch)))
-                while not stop.is_set():
-                    try:
-                        q_in.put((seq, batch, imgs), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                if not _put(q_in, (seq, batch, np.stack(list(pool.map(read_tile, batch)))),
+                            stop):
+                    return
         except BaseException as e:  # noqa: BLE001 - handed to the main thread
             read_errors.append(e)
         finally:
-            while not stop.is_set():  # after a stop nobody waits for the end mark
-                try:
-                    q_in.put(_END, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            _put(q_in, _END, stop)  # after a stop nobody waits for the end mark
 
     def compute() -> None:
         try:
@@ -314,18 +325,7 @@ def _run_parallel(
                         q_in.put(_END)  # for the other model threads
                     return
                 seq, batch, imgs = item
-                t0 = time.perf_counter()
-                results = segmenter.predict_batch(imgs)
-                dt = time.perf_counter() - t0
-                if len(results) != len(batch):
-                    raise TilesegError(
-                        f"segmenter {getattr(segmenter, 'name', '?')} returned {len(results)} "
-                        f"results for a batch of {len(batch)}")
-                with lock:
-                    stats.forward_s += dt
-                    stats.batches += 1
-                    stats.batch_sizes.append(len(batch))
-                q_out.put((seq, batch, results))
+                q_out.put((seq, batch, _predict(segmenter, batch, imgs, stats, lock)))
         except BaseException as e:  # noqa: BLE001
             errors.append(e)
             stop.set()
@@ -341,11 +341,7 @@ def _run_parallel(
                 seq, batch, results = item
                 pending[seq] = (batch, results)
                 while nxt in pending:
-                    for tile, res in zip(*pending.pop(nxt), strict=True):
-                        write_tile(tile, res)
-                        stats.tiles += 1
-                        if bar is not None:
-                            bar.update(1)
+                    _write_batch(*pending.pop(nxt), write_tile, stats, bar)
                     nxt += 1
                     slots.release()
         except BaseException as e:  # noqa: BLE001
