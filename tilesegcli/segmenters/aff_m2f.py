@@ -158,8 +158,8 @@ class AFFSegmenter:
         the views' foreground maps averaged (B, h', w') or None.
 
         With ``postprocess.view_agreement`` a > 0 (and V >= 4), every tile first gets views 0
-        and 1 (as is, flipped left-right); only the tiles where these two disagree (detection F1
-        below a, :func:`view_agreement`) get the other V - 2. A tile that stopped early carries
+        and 1 (as is, flipped left-right); only the tiles where these two disagree (F1 below a
+        between the instances each view alone gives, :func:`view_agreement`) get the other V - 2. A tile that stopped early carries
         copies of its two views in the other slots, which :func:`vote_views` merges exactly as
         it merges two views (each copy adds the same vote, the mean is unchanged)."""
         from tilesegcli.nn.postprocess import view_transforms
@@ -176,8 +176,8 @@ class AFFSegmenter:
 
         lg, mk, fg = self._forward_views(x, views[:2])
         hw = (int(x.shape[-2]), int(x.shape[-1]))
-        more = torch.tensor([view_agreement(self._one_view_labels(lg[0][i], mk[0][i], hw),
-                                            self._one_view_labels(lg[1][i], mk[1][i], hw)) < a
+        more = torch.tensor([view_agreement(*(self._instance_inference(lg[v][i], mk[v][i], hw, 1)
+                                              .labels for v in (0, 1))) < a
                              for i in range(x.shape[0])], dtype=torch.bool)
         lg = lg + [lg[i % 2].clone() for i in range(2, len(views))]
         mk = mk + [mk[i % 2].clone() for i in range(2, len(views))]
@@ -290,9 +290,6 @@ class AFFSegmenter:
         if self.task == "semantic":
             return TileResult(semantic=self._semantic(logits, masks, hw))
         if self.task == "instance":
-            if self._excluded:
-                logits = logits.clone()
-                logits[:, self._excluded] = float("-inf")
             inst = self._instance_inference(logits, masks, hw, self.flip_views, score_threshold)
             gate = float(post.get("fg_gate", 0.0) if fg_gate is None else fg_gate)
             labels, classes, scores = inst.labels, inst.classes + off, inst.scores
@@ -321,9 +318,12 @@ class AFFSegmenter:
                             hw: tuple[int, int], views: int,
                             score_threshold: float | None = None) -> Any:
         """The card's instance post-processing of one tile's candidates from ``views`` views
-        (voted first when there are several)."""
+        (classes outside the card's things excluded, then voted when there are several)."""
         from tilesegcli.nn.postprocess import instance_inference, vote_views
 
+        if self._excluded:
+            logits = logits.clone()
+            logits[:, self._excluded] = float("-inf")
         post = self.card.postprocess
         topk = int(post.get("top_k", 100))
         if views > 1:
@@ -335,13 +335,6 @@ class AFFSegmenter:
                                   min_visible=float(post.get("min_visible_fraction", 0.0)),
                                   cleanup_radius=int(post.get("cleanup_radius", -1)),
                                   mask_threshold=float(post.get("mask_threshold", 0.5)))
-
-    def _one_view_labels(self, logits: torch.Tensor, masks: torch.Tensor, hw: tuple[int, int]
-                         ) -> np.ndarray:
-        logits = logits.clone()
-        if self._excluded:
-            logits[:, self._excluded] = float("-inf")
-        return np.asarray(self._instance_inference(logits, masks, hw, 1).labels)
 
     def _instances(self, labels: np.ndarray, classes: np.ndarray, scores: np.ndarray,
                    semantic: np.ndarray | None = None) -> TileResult:
