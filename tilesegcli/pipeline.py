@@ -233,9 +233,9 @@ def _infer(reader: Any, plan: Plan, segmenter: Segmenter, store: TileStore, todo
         return read_work_region(reader, grid, t.x, t.y, t.w, t.h)
 
     def write(t: Any, r: Any) -> None:  # the runner's writer thread, tiles in tile order
-        store.write_tile(t, r)
+        stored = store.write_tile(t, r)
         if merger is not None:  # stitch what the store holds (its uint8 probabilities)
-            merger.add(t, store.read_tile(t))
+            merger.add(t, stored)
 
     tiles = [store.tile(i) for i in todo]
     return run_tiles(segmenter, tiles, read, write, batch_size=config.batch_size,

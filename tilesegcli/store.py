@@ -259,10 +259,13 @@ class TileStore:
     def tile(self, index: int) -> TileSpec:
         return tile_at(self.grid, index // self.grid.cols, index % self.grid.cols)
 
-    def write_tile(self, tile: TileSpec, result: TileResult) -> None:
-        """Write one tile's outputs, then its done-marker (last)."""
+    def write_tile(self, tile: TileSpec, result: TileResult) -> TileResult:
+        """Write one tile's outputs, then its done-marker (last). Returns the tile as stored:
+        what ``read_tile`` would give back (same values and dtypes: the semantic
+        probabilities quantised to 1/255), without reading it."""
         t, r, c = self.grid.tile_px, tile.row, tile.col
         ys, xs = slice(r * t, (r + 1) * t), slice(c * t, (c + 1) * t)
+        stored = TileResult()
         k = 0
         if self._labels is not None:
             if result.labels is None:
@@ -281,14 +284,20 @@ class TileStore:
                 sc_row[:k] = np.asarray(result.instance_scores, dtype=np.float32)[:k]
             self._inst_class[r, c, :] = cls_row
             self._inst_score[r, c, :] = sc_row
+            stored.labels = lab
+            stored.instance_classes = cls_row[:k].astype(np.int64)
+            stored.instance_scores = sc_row[:k].copy()
         if self._semantic is not None:
             if result.semantic is None:
                 raise StoreError(f"segmenter returned no semantic output for tile {tile.index}")
             sem = np.asarray(result.semantic, dtype=np.float32)
             if sem.shape != (self._semantic.shape[0], t, t):
                 raise StoreError(f"tile {tile.index}: semantic shape {sem.shape} is wrong")
-            self._semantic[:, ys, xs] = np.clip(np.rint(sem * 255.0), 0, 255).astype(np.uint8)
+            q = np.clip(np.rint(sem * 255.0), 0, 255).astype(np.uint8)
+            self._semantic[:, ys, xs] = q
+            stored.semantic = q.astype(np.float32) / 255.0
         self._done[r, c] = k + 1
+        return stored
 
     def read_tile(self, tile: TileSpec) -> TileResult:
         t, r, c = self.grid.tile_px, tile.row, tile.col

@@ -36,9 +36,13 @@ def test_round_trip_and_done_marker(tmp_path):
     assert s.grid.rows * s.grid.cols == 24 and s.remaining() == 24
     t = s.tile(7)
     r = _result(0)
-    s.write_tile(t, r)
+    stored = s.write_tile(t, r)
     assert s.done_mask().sum() == 1 and s.done_mask()[t.row, t.col]
     back = TileStore.open(tmp_path / "s.zarr").read_tile(t)
+    for name in ("labels", "instance_classes", "instance_scores", "semantic"):  # as stored
+        a, b = getattr(stored, name), getattr(back, name)
+        assert a.dtype == b.dtype, name
+        np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(back.labels, r.labels)
     np.testing.assert_array_equal(back.instance_classes, [1, 2, 3])
     np.testing.assert_allclose(back.instance_scores, r.instance_scores)
