@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 #: what the readers put outside an image (white glass)
 BACKGROUND = 255
 
-RawTile = tuple[Any, Any, Any]  # (logits, masks, foreground map or None) of one tile
+RawTile = tuple[Any, Any, Any]  # (logits, masks, dense maps or None) of one tile
 
 
 def windows(image: np.ndarray, grid: GridSpec, tiles: list[TileSpec]) -> np.ndarray:
@@ -47,8 +47,9 @@ def forward_tiles(seg: Any, image: np.ndarray, tile: int, overlap: int, batch: i
     raw: list[tuple[TileSpec, RawTile]] = []
     for s in range(0, len(specs), batch):
         part = specs[s:s + batch]
-        lg, mk, fg = seg.forward_maps(windows(image, grid, part))
-        raw += [(sp, (lg[i], mk[i], None if fg is None else fg[i])) for i, sp in enumerate(part)]
+        lg, mk, maps = seg.forward_maps(windows(image, grid, part))
+        raw += [(sp, (lg[i], mk[i], None if maps is None else {k: v[i] for k, v in maps.items()}))
+                for i, sp in enumerate(part)]
     return grid, raw
 
 
@@ -58,8 +59,8 @@ def stitch_raw(seg: Any, grid: GridSpec, raw: list[tuple[TileSpec, RawTile]], *,
     """Post-process every tile like ``predict_batch`` (optionally other thresholds) and stitch."""
     hw = (grid.tile_px, grid.tile_px)
     return _stitch(seg, grid, ((spec, seg.tile_result(lg, mk, hw, score_threshold=score_threshold,
-                                                      fg=fg, fg_gate=fg_gate))
-                               for spec, (lg, mk, fg) in raw))
+                                                      maps=maps, fg_gate=fg_gate))
+                               for spec, (lg, mk, maps) in raw))
 
 
 def _stitch(seg: Any, grid: GridSpec, results: Iterable[tuple[TileSpec, Any]]

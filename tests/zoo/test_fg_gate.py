@@ -51,10 +51,12 @@ def test_fg_map_is_the_mean_over_flipped_views(gated) -> None:
     tiles = _tiles(2, 64, 64)
     one = load_segmenter(str(gated / "v1g0.0.json"), device="cpu")
     four = load_segmenter(str(gated / "v4g0.0.json"), device="cpu")
-    _, _, fg4 = four.forward_maps(tiles)
+    _, _, m4 = four.forward_maps(tiles)
+    fg4 = m4["fg"]
     maps = []
     for dims in ((), (1,), (2,), (1, 2)):  # the flip views: none, H, W, both
-        _, _, f = one.forward_maps(np.ascontiguousarray(np.flip(tiles, dims)) if dims else tiles)
+        _, _, mo = one.forward_maps(np.ascontiguousarray(np.flip(tiles, dims)) if dims else tiles)
+        f = mo["fg"]
         maps.append(f.flip([d for d in dims]) if dims else f)
     assert fg4.shape == (2, 16, 16)
     torch.testing.assert_close(fg4, torch.stack(maps).mean(0), atol=1e-5, rtol=1e-5)
@@ -65,7 +67,8 @@ def test_gate_in_predict_batch(gated) -> None:
     free = load_segmenter(str(gated / "v1g0.0.json"), device="cpu").predict_batch(tiles)
     seg = load_segmenter(str(gated / "v1g0.5.json"), device="cpu")
     gated_res = seg.predict_batch(tiles)
-    _, _, fg = seg.forward_maps(tiles)
+    _, _, mp = seg.forward_maps(tiles)
+    fg = mp["fg"]
     for a, b, f in zip(free, gated_res, fg, strict=True):
         ref, _, _ = gate_instances(a.labels, a.instance_classes, a.instance_scores, f, 0.5)
         np.testing.assert_array_equal(b.labels, ref)

@@ -29,6 +29,7 @@ from torch import nn
 
 from tilesegcli.errors import WeightsError
 from tilesegcli.nn.hires import HiResMaskFeatures, masks_from_embed
+from tilesegcli.nn.hv import HVHead
 from tilesegcli.nn.inputs import channel_stats, normalise, pad_to_multiple
 from tilesegcli.nn.m2f_decoder import MultiScaleMaskedTransformerDecoder
 from tilesegcli.nn.pixel_decoder import MSDeformAttnPixelDecoder, PixelDecoderOutput
@@ -93,6 +94,7 @@ class AFFMask2FormerHead(nn.Module):
         hires_dim: int = 0,
         pe_extent: float | None = None,
         fg_head: bool = False,
+        hv_head: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -114,6 +116,11 @@ class AFFMask2FormerHead(nn.Module):
         # tileseg extension: the dense foreground/boundary head training has (train/net.py), kept
         # for inference: ``pred_fg`` (B, 2, h, w) logits on the stride-4 canvas (fg, boundary)
         self.fg_head = dense_head(mask_dim) if fg_head else None
+        # tileseg extension (nn/hv.py): nucleus + horizontal/vertical distance maps on the
+        # stride-2 mask features, ``pred_hv`` (B, 3, 2h, 2w); needs the stride-2 features
+        if hv_head and self.hires is None:
+            raise ValueError("hv_head needs the stride-2 mask features (hires_dim > 0)")
+        self.hv_head = HVHead(mask_dim) if hv_head else None
 
     def forward(self, feats: BackboneOutput, with_aux: bool = True,
                 images: torch.Tensor | None = None) -> dict:
@@ -133,6 +140,8 @@ class AFFMask2FormerHead(nn.Module):
             out["pred_masks"] = masks_from_embed(out.pop("mask_embed"), fmap)
             for aux, emb in zip(out["aux_outputs"], out.pop("aux_mask_embed"), strict=True):
                 aux["pred_masks"] = masks_from_embed(emb, fmap)
+            if self.hv_head is not None:
+                out["pred_hv"] = self.hv_head(fmap)
         if self.fg_head is not None:
             from tilesegcli.nn.point_ops import point2img
 

@@ -153,9 +153,9 @@ class AFFSegmenter:
         with torch.autocast(dev, dtype=dt):
             return head.decode(pd, with_aux=False, images=x)
 
-    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Maps | None]:
         """(B, V*Q, K+1) logits, (B, V*Q, h, w) masks of the V views mapped back to the tile,
-        the views' foreground maps averaged (B, h', w') or None.
+        the views' dense maps averaged (:data:`Maps`) or None.
 
         With ``postprocess.view_agreement`` a > 0 (and V >= 4), every tile first gets views 0
         and 1 (as is, flipped left-right); only the tiles where these two disagree (F1 below a
@@ -169,68 +169,70 @@ class AFFSegmenter:
         views = view_transforms(self.flip_views)
         a = float(self.card.postprocess.get("view_agreement", 0.0))
         if a <= 0 or self.flip_views < 4:
-            lg, mk, fg = self._forward_views(x, views)
+            lg, mk, maps = self._forward_views(x, views)
             self.views_run += len(views) * x.shape[0]
-            return torch.cat(lg, 1), torch.cat(mk, 1), None if fg is None else fg.mean(0)
+            return torch.cat(lg, 1), torch.cat(mk, 1), _mean_maps(maps)
         from tilesegcli.nn.postprocess import view_agreement
 
-        lg, mk, fg = self._forward_views(x, views[:2])
+        lg, mk, maps = self._forward_views(x, views[:2])
         hw = (int(x.shape[-2]), int(x.shape[-1]))
         more = torch.tensor([view_agreement(*(self._instance_inference(lg[v][i], mk[v][i], hw, 1)
                                               .labels for v in (0, 1))) < a
                              for i in range(x.shape[0])], dtype=torch.bool)
         lg = lg + [lg[i % 2].clone() for i in range(2, len(views))]
         mk = mk + [mk[i % 2].clone() for i in range(2, len(views))]
-        fgs = None if fg is None else torch.cat([fg, fg[torch.arange(2, len(views)) % 2]])
+        copies = torch.arange(2, len(views)) % 2
+        maps = None if maps is None else {k: torch.cat([m, m[copies]]) for k, m in maps.items()}
         if bool(more.any()):
-            lg2, mk2, fg2 = self._forward_views(x[more], views[2:])
+            lg2, mk2, maps2 = self._forward_views(x[more], views[2:])
             for j in range(len(views) - 2):
                 lg[2 + j][more], mk[2 + j][more] = lg2[j], mk2[j]
-                if fgs is not None and fg2 is not None:
-                    fgs[2 + j][more] = fg2[j]
+                if maps is not None and maps2 is not None:
+                    for k in maps:
+                        maps[k][2 + j][more] = maps2[k][j]
         self.views_run += 2 * x.shape[0] + (len(views) - 2) * int(more.sum())
-        return torch.cat(lg, 1), torch.cat(mk, 1), None if fgs is None else fgs.mean(0)
+        return torch.cat(lg, 1), torch.cat(mk, 1), _mean_maps(maps)
 
     def _forward_views(self, x: torch.Tensor, views: list[tuple[bool, tuple[int, ...]]]
-                       ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
+                       ) -> tuple[list[torch.Tensor], list[torch.Tensor], Maps | None]:
         """Each of ``views`` (transposed?, flipped dims) of the B tiles, mapped back: lists of
-        (B, Q, K+1) logits and (B, Q, h, w) masks, and (V, B, h', w') foreground maps or None.
-        One batch of B x (views) copies per orientation."""
+        (B, Q, K+1) logits and (B, Q, h, w) masks, and the dense maps with a leading view axis
+        (V, B, ...) or None. One batch of B x (views) copies per orientation."""
         b = x.shape[0]
-        out: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        out: dict[int, tuple[torch.Tensor, torch.Tensor, Maps | None]] = {}
         for transposed in (False, True):
             idx = [i for i, (t, _) in enumerate(views) if t == transposed]
             if not idx:
                 continue
             xt = x.transpose(2, 3) if transposed else x
             flips = [views[i][1] for i in idx]
-            logits, masks, fg = self._forward_once(torch.cat([xt.flip(d) if d else xt
-                                                              for d in flips]))
+            logits, masks, maps = self._forward_once(torch.cat([xt.flip(d) if d else xt
+                                                                for d in flips]))
             for n, (i, d) in enumerate(zip(idx, flips, strict=True)):
                 m = masks[n * b:(n + 1) * b]
                 m = m.flip(d) if d else m
-                f = None
-                if fg is not None:
-                    f = fg[n * b:(n + 1) * b]
-                    f = f.flip([k - 1 for k in d]) if d else f  # (B, h, w): one dim fewer
-                    f = f.transpose(1, 2) if transposed else f
-                out[i] = (logits[n * b:(n + 1) * b], m.transpose(2, 3) if transposed else m, f)
+                back = None if maps is None else {k: unview_map(k, v[n * b:(n + 1) * b], transposed, d)
+                                                  for k, v in maps.items()}
+                out[i] = (logits[n * b:(n + 1) * b], m.transpose(2, 3) if transposed else m, back)
         order = [out[i] for i in range(len(views))]
-        fgs = [o[2] for o in order]
-        fg_all = torch.stack(fgs) if all(f is not None for f in fgs) else None  # type: ignore[misc]
-        return [o[0] for o in order], [o[1] for o in order], fg_all
+        all_maps = [o[2] for o in order]
+        stacked = None
+        if all(m is not None for m in all_maps):
+            stacked = {k: torch.stack([m[k] for m in all_maps])  # type: ignore[index]
+                       for k in all_maps[0]}  # type: ignore[union-attr]
+        return [o[0] for o in order], [o[1] for o in order], stacked
 
     def _forward_once(self, x: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                      ) -> tuple[torch.Tensor, torch.Tensor, Maps | None]:
         with torch.inference_mode():
             if self.amp:
                 out = self._amp_model(x)
                 logits, masks = out["pred_logits"].float(), out["pred_masks"].float()
                 if bool(torch.isfinite(logits).all()) and bool(torch.isfinite(masks).all()):
-                    return logits, masks, _fg_prob(out)
+                    return logits, masks, dense_maps(out)
                 log.warning("%s: fp16 outputs not finite; recomputing the batch in fp32", self.name)
             out = self._call(x)
-            return out["pred_logits"].float(), out["pred_masks"].float(), _fg_prob(out)
+            return out["pred_logits"].float(), out["pred_masks"].float(), dense_maps(out)
 
     def _call(self, x: torch.Tensor) -> dict:
         # inference needs no auxiliary (per-layer) predictions
@@ -244,19 +246,20 @@ class AFFSegmenter:
         return logits, masks
 
     def forward_maps(self, tiles: np.ndarray
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """``forward`` plus the foreground probability (B, h/4, w/4) of heads with ``fg_head``
-        (mean over the flip views), else None."""
-        logits, masks, fg = self._forward(self._prepare(tiles))
-        return logits.cpu(), masks.cpu(), None if fg is None else fg.cpu()
+                     ) -> tuple[torch.Tensor, torch.Tensor, Maps | None]:
+        """``forward`` plus the dense maps of heads that have them (:data:`Maps`: "fg" of a
+        ``fg_head``, "hv" of an ``hv_head``; mean over the flip views), else None."""
+        logits, masks, maps = self._forward(self._prepare(tiles))
+        return logits.cpu(), masks.cpu(), None if maps is None else {k: v.cpu()
+                                                                     for k, v in maps.items()}
 
     def predict_batch(self, tiles: np.ndarray) -> list[TileResult]:
         """tiles: (B, H, W, 3) uint8 RGB at the card's resolution -> B TileResults."""
         if len(tiles) == 0:
             return []
-        logits, masks, fg = self.forward_maps(tiles)
+        logits, masks, maps = self.forward_maps(tiles)
         hw = (int(tiles.shape[1]), int(tiles.shape[2]))
-        return [self.tile_result(logits[i], masks[i], hw, fg=None if fg is None else fg[i])
+        return [self.tile_result(logits[i], masks[i], hw, maps=tile_maps(maps, i))
                 for i in range(len(tiles))]
 
     # ------------------------------------------------------------------------------ conversion
@@ -278,11 +281,12 @@ class AFFSegmenter:
         return out.numpy()
 
     def tile_result(self, logits: torch.Tensor, masks: torch.Tensor, hw: tuple[int, int], *,
-                    score_threshold: float | None = None, fg: torch.Tensor | None = None,
+                    score_threshold: float | None = None, maps: Maps | None = None,
                     fg_gate: float | None = None) -> TileResult:
         """One tile's raw outputs (``forward_maps``) -> TileResult with the card's
         post-processing; ``score_threshold`` / ``fg_gate`` override the card's (sweeps reuse one
-        forward pass). ``fg``: the tile's foreground probability map, for the gate."""
+        forward pass). ``maps``: the tile's dense maps (:func:`tile_maps`): "fg" for the gate,
+        "hv" for splitting merged nuclei (``postprocess.hv_split``)."""
         from tilesegcli.nn.postprocess import panoptic_inference
 
         post = self.card.postprocess
@@ -293,8 +297,13 @@ class AFFSegmenter:
             inst = self._instance_inference(logits, masks, hw, self.flip_views, score_threshold)
             gate = float(post.get("fg_gate", 0.0) if fg_gate is None else fg_gate)
             labels, classes, scores = inst.labels, inst.classes + off, inst.scores
-            if gate > 0 and fg is not None:
-                labels, classes, scores = gate_instances(labels, classes, scores, fg, gate)
+            if gate > 0 and maps is not None and "fg" in maps:
+                labels, classes, scores = gate_instances(labels, classes, scores, maps["fg"], gate)
+            if maps is not None and "hv" in maps and post.get("hv_split", False):
+                from tilesegcli.nn.hv_split import HVSplit
+
+                labels, classes, scores = HVSplit.from_postprocess(post).apply(
+                    labels, classes, scores, maps["hv"])
             return self._instances(labels, classes, scores)
         sem = self._semantic(logits, masks, hw)
         pan = panoptic_inference(
@@ -357,10 +366,48 @@ class AFFSegmenter:
                 "amp": self.amp}
 
 
-def _fg_prob(out: dict) -> torch.Tensor | None:
-    """Foreground probability (B, h, w) from a head's ``pred_fg`` logits, if it has them."""
-    fg = out.get("pred_fg")
-    return None if fg is None else fg[:, 0].float().sigmoid()
+#: a batch's dense maps by name: "fg" (B, h/4, w/4) foreground probability of a ``fg_head``;
+#: "hv" (B, 3, h/2, w/2) of an ``hv_head``: nucleus probability, horizontal and vertical maps
+Maps = dict[str, torch.Tensor]
+
+
+def dense_maps(out: dict) -> Maps | None:
+    """The dense maps of a head's outputs (``pred_fg`` / ``pred_hv`` logits), None without any."""
+    maps: Maps = {}
+    if out.get("pred_fg") is not None:
+        maps["fg"] = out["pred_fg"][:, 0].float().sigmoid()
+    if out.get("pred_hv") is not None:
+        hv = out["pred_hv"].float()
+        maps["hv"] = torch.cat([hv[:, :1].sigmoid(), hv[:, 1:]], 1)
+    return maps or None
+
+
+def unview_map(key: str, m: torch.Tensor, transposed: bool, dims: tuple[int, ...]) -> torch.Tensor:
+    """A dense map computed on a flipped (``dims`` of the (B, 3, H, W) input) and/or transposed
+    tile, mapped back to the tile. "fg" (B, h, w) moves with the pixels; "hv" (B, 3, h, w) also
+    changes sign where its axis was flipped (h along x = dim 3, v along y = dim 2) and swaps h
+    and v where the tile was transposed."""
+    if key == "fg":
+        m = m.flip([k - 1 for k in dims]) if dims else m  # one dim fewer than the input
+        return m.transpose(1, 2) if transposed else m
+    if dims:
+        m = m.flip(dims)
+        sign = torch.ones(3, dtype=m.dtype)
+        sign[1], sign[2] = (-1.0 if 3 in dims else 1.0), (-1.0 if 2 in dims else 1.0)
+        m = m * sign.view(1, 3, 1, 1).to(m.device)
+    if transposed:
+        m = m.transpose(2, 3)[:, [0, 2, 1]]
+    return m
+
+
+def _mean_maps(maps: Maps | None) -> Maps | None:
+    """Maps with a leading view axis -> their mean over the views."""
+    return None if maps is None else {k: v.mean(0) for k, v in maps.items()}
+
+
+def tile_maps(maps: Maps | None, i: int) -> Maps | None:
+    """Tile ``i``'s maps of a batch."""
+    return None if maps is None else {k: v[i] for k, v in maps.items()}
 
 
 def gate_instances(labels: np.ndarray, classes: np.ndarray, scores: np.ndarray,

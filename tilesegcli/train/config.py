@@ -70,6 +70,8 @@ class TrainConfig:
     num_points: int = 1024  # loss points per mask (importance-sampled)
     match_points: int = 2048  # uniform points for the Hungarian matching cost (small objects!)
     aux_dense_weight: float = 1.0  # auxiliary foreground/boundary loss on the mask features
+    hv_weight: float = 0.0  # > 0: add the HoVer-style head (nn/hv.py) and its loss at this weight
+    hv_only: bool = False  # train the HoVer-style head alone on the frozen network (a fast add-on)
     # optimisation
     batch_size: int = 4
     steps: int = 20000
@@ -99,6 +101,14 @@ class TrainConfig:
     mask_threshold: float = 0.5  # instance: mask probability above which a pixel is foreground
     flip_views: int = 1  # instance: 1/2/4/8 test-time passes over flipped tiles (mask voting)
     fg_gate: float = 0.0  # instance: drop instances whose mean dense foreground prob is below it
+
+    def __post_init__(self) -> None:
+        hk = self.architecture.get("head_kwargs", {})
+        if self.hv_weight > 0 and not hk.get("hv_head"):
+            # the head is part of the shipped network: its card must say so
+            self.architecture = {**self.architecture, "head_kwargs": {**hk, "hv_head": True}}
+        if self.hv_only and self.hv_weight <= 0:
+            raise UsageError("hv_only needs hv_weight > 0")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -26,7 +26,9 @@ def export_card(checkpoint: str | Path, card_path: str | Path, *, name: str, des
     state = load_training_state(checkpoint)
     cfg = TrainConfig.from_dict(state["config"]).with_updates(**(overrides or {}))
     sd = {k[len("model."):]: v for k, v in state["model"].items() if k.startswith("model.")}
-    if cfg.fg_gate > 0:  # the gate needs the dense head: shipped as the head's fg_head
+    if cfg.fg_gate > 0 and not cfg.architecture["head_kwargs"].get("fg_head"):
+        # the gate needs the dense head: shipped as the head's fg_head (a network that already
+        # has one, e.g. fine-tuned from a card with a gate, ships its own)
         dense = {k: v for k, v in state["model"].items() if k.startswith("dense.")}
         if not dense:
             raise UsageError(f"{checkpoint}: fg_gate needs the auxiliary dense head, which this "

@@ -66,6 +66,18 @@ class TrainNet(nn.Module):
         mean, std = channel_stats(cfg.mean, cfg.std)
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
+        if cfg.hv_only:  # only the HoVer-style head learns; the rest is the network as given
+            for name, p in self.named_parameters():
+                p.requires_grad_(name.startswith("model.sem_seg_head.hv_head."))
+            # its features as inference computes them (per image, see set_batch_independent)
+            self.model.set_batch_independent(True)
+
+    def train(self, mode: bool = True) -> TrainNet:
+        super().train(mode)
+        if self.cfg.hv_only:  # frozen parts stay in inference mode (as they will ship)
+            self.model.eval()
+            self.model.sem_seg_head.hv_head.train(mode)
+        return self
 
     def num_params(self) -> int:
         return int(sum(p.numel() for p in self.model.parameters()))
@@ -92,10 +104,38 @@ class TrainNet(nn.Module):
         dense = point2img(self.dense(pd.mask_features).permute(0, 2, 1), pd.mask_pos, pd.canvas_hw)
         return out, dense
 
+    def hv_losses(self, batch: list[Patch], x: torch.Tensor, out: dict | None
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The HoVer-style head's loss (``nn.hv.hv_loss``) on a batch; ``out`` the network's
+        outputs (None: run the frozen network without gradients up to the stride-2 features)."""
+        from tilesegcli.nn.hv import hv_loss, hv_targets
+
+        head = self.model.sem_seg_head
+        if out is None:
+            with torch.no_grad():
+                pd = head.pixel_decoder(self.model.backbone(x))
+                fmap = head.hires(x, pd.mask_features, pd.mask_pos, pd.canvas_hw)
+            pred = head.hv_head(fmap)
+        else:
+            pred = out["pred_hv"]
+        h, w = x.shape[2:]
+        pred = F.interpolate(pred, scale_factor=2, mode="bilinear", align_corners=False)[..., :h, :w]
+        dev = x.device
+        fg = torch.as_tensor(np.stack([p.masks.any(0) if len(p.masks) else np.zeros((h, w), bool)
+                                       for p in batch]), device=dev).float()
+        hv = torch.as_tensor(np.stack([hv_targets(p.masks) if len(p.masks)
+                                       else np.zeros((2, h, w), np.float32) for p in batch]),
+                             device=dev)
+        valid = torch.as_tensor(np.stack([p.valid for p in batch]), device=dev).float()
+        return hv_loss(pred.float(), fg, hv, valid)
+
     def losses(self, batch: list[Patch], device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted total loss of a batch and the parts for logging."""
         imgs = torch.from_numpy(np.stack([p.image for p in batch])).to(device)
         x = normalise(imgs.permute(0, 3, 1, 2), self.mean, self.std)
+        if self.cfg.hv_only:
+            loss, logs = self.hv_losses(batch, x, None)
+            return self.cfg.hv_weight * loss, logs
         out, dense = self.forward_train(x)
         targets = [{"labels": torch.as_tensor(p.classes - 1, dtype=torch.int64, device=device),
                     "masks": torch.as_tensor(p.masks, device=device)} for p in batch]
@@ -121,6 +161,10 @@ class TrainNet(nn.Module):
             aux = bce_fg + dice_fg + bce_bd
             total = total + self.cfg.aux_dense_weight * aux
             logs["dense"] = float(aux.detach())
+        if self.cfg.hv_weight > 0:
+            hvl, hv_logs = self.hv_losses(batch, x, out)
+            total = total + self.cfg.hv_weight * hvl
+            logs.update(hv_logs)
         return total, logs
 
 
