@@ -40,7 +40,11 @@ Card format (JSON object, ``"format": 1``)::
                        "fg_gate" (instance, heads with ``fg_head``: drop instances whose mean
                        foreground probability is below it; 0 = off),
                        "view_agreement" (instance, flip_views >= 4: views 2.. only on tiles whose
-                       first two views agree less than this (instance F1); 0 = always all)}
+                       first two views agree less than this (instance F1); 0 = always all),
+                       "hv_post" (instance, heads with ``hv_head``: the HoVer stage that cuts
+                       instances holding several markers, gates, trims and adds; settings
+                       "hv_split", "hv_edge", "hv_fg", "hv_min_marker", "hv_trim", "hv_gate",
+                       "hv_add", see ``tilesegcli.nn.hv_split``)}
     weights           {"url": str|null, "sha256": hex|null (null = unknown: verified by strict
                        loading), "size": bytes|null, "filename": str, "bundled": bool (file lives
                        next to the card), "format": "auto"|"detectron2"|"state_dict"|
@@ -70,6 +74,7 @@ from typing import TYPE_CHECKING, Any
 
 from tilesegcli.atomic import atomic_path
 from tilesegcli.errors import ModelNotFoundError, UsageError
+from tilesegcli.nn.hv_split import postprocess_defaults as hv_postprocess_defaults
 from tilesegcli.segmenter import ClassInfo
 from tilesegcli.specs import IMAGENET_MEAN, IMAGENET_STD
 
@@ -94,7 +99,7 @@ _OVERRIDABLE = ("tile_size", "overlap", "mpp", "mpp_unit", "min_area")
 _POSTPROCESS_DEFAULTS = {"score_threshold": 0.5, "top_k": 100, "object_mask_threshold": 0.8,
                          "overlap_threshold": 0.8, "min_visible_fraction": 0.0,
                          "cleanup_radius": -1, "mask_threshold": 0.5, "flip_views": 1,
-                         "fg_gate": 0.0, "view_agreement": 0.0}
+                         "fg_gate": 0.0, "view_agreement": 0.0, **hv_postprocess_defaults()}
 
 
 class InvalidCardError(UsageError):

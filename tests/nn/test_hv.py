@@ -112,7 +112,7 @@ def hv_cards(tmp_path_factory) -> Path:
     card["weights"]["ignore_keys"] = []
     for views, split in ((1, False), (8, False), (1, True)):
         c = {**card, "name": f"hv-{views}-{split}",
-             "postprocess": {**card["postprocess"], "flip_views": views, "hv_split": split,
+             "postprocess": {**card["postprocess"], "flip_views": views, "hv_post": split,
                              "hv_edge": 0.05}}
         (d / f"v{views}s{split}.json").write_text(json.dumps(c))
     return d
@@ -178,3 +178,24 @@ def test_hv_only_training_changes_the_head_and_nothing_else(tmp_path: Path) -> N
     assert new and all(k.startswith("model.sem_seg_head.hv_head.") for k in new)
     log = [json.loads(x) for x in (tmp_path / "hv" / "train_log.jsonl").read_text().splitlines()]
     assert any("hv_msge" in r for r in log if r.get("event") == "train")
+
+
+def test_gate_and_add_use_the_nucleus_map() -> None:
+    shape = (64, 64)
+    a, b = _disc(shape, 16, 16, 7), _disc(shape, 44, 44, 7)
+    maps = _ideal_maps(np.stack([a, b]))
+    labels = np.zeros(shape, np.int32)
+    labels[a] = 1
+    labels[_disc(shape, 16, 48, 6)] = 2  # on background: the nucleus map says no
+    out, cls, sc = HVSplit(gate=0.5).apply(labels, np.array([1, 1]), np.array([0.9, 0.8]), maps)
+    assert (out == 1).sum() == a.sum() and not (out == 2).any() and len(sc) == 2
+    # b has no instance: added, with its mean nucleus probability as score, as new_class
+    out, cls, sc = HVSplit(gate=0.5, add=0.2).apply(labels, np.array([1, 1]),
+                                                    np.array([0.9, 0.8]), maps, new_class=3)
+    assert len(sc) == 3 and cls[2] == 3 and 0.5 < sc[2] <= 1.0
+    got = out == 3
+    assert (got & b).sum() / (got | b).sum() > 0.8 and (out == 1).sum() == a.sum()
+    # nothing found by Mask2Former: the HoVer instances alone
+    out, cls, sc = HVSplit(add=0.2).apply(np.zeros(shape, np.int32), np.zeros(0, np.int64),
+                                          np.zeros(0, np.float32), maps)
+    assert len(sc) == 2 and {int(out[16, 16]), int(out[44, 44])} == {1, 2}

@@ -13,32 +13,36 @@ is below it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
 class HVSplit:
+    split: bool = True  # cut instances holding several markers
     edge: float = 0.3  # energy (map change per pixel) above which a pixel is a boundary
     fg: float = 0.5  # nucleus probability above which a pixel can be part of a marker
     min_marker: int = 10  # px: smaller marker parts are noise
     trim: float = 0.0  # > 0: instance pixels with nucleus probability below it are dropped
+    gate: float = 0.0  # > 0: instances whose mean nucleus probability is below it are dropped
+    add: float = 0.0  # > 0: HoVer instances less covered than this by instances are added
 
     @classmethod
-    def from_postprocess(cls, post: dict[str, Any]) -> HVSplit:
-        """The settings of a card's ``postprocess`` (keys ``hv_edge``, ``hv_fg``,
-        ``hv_min_marker``, ``hv_trim``; missing ones take the defaults above)."""
-        d = cls()
-        return cls(edge=float(post.get("hv_edge", d.edge)), fg=float(post.get("hv_fg", d.fg)),
-                   min_marker=int(post.get("hv_min_marker", d.min_marker)),
-                   trim=float(post.get("hv_trim", d.trim)))
+    def from_postprocess(cls, post: Any) -> HVSplit:
+        """The settings of a card's ``postprocess`` (keys ``hv_`` + a field name, e.g.
+        ``hv_edge``; missing ones take the defaults above)."""
+        d = asdict(cls())
+        return cls(**{k: type(v)(post.get(f"hv_{k}", v)) for k, v in d.items()})
+
 
     def maps(self, hv: torch.Tensor, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """(3, h, w) stride-2 maps -> (nucleus probability, energy), each (H, W) on the tile."""
+        import torch.nn.functional as F
         from scipy.ndimage import sobel
 
         h, w = shape
@@ -64,42 +68,77 @@ class HVSplit:
         return lab.astype(np.int32), n
 
     def apply(self, labels: np.ndarray, classes: np.ndarray, scores: np.ndarray,
-              hv: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Instances (labels 1..n, per-instance classes and scores) -> the same with every
-        instance that holds several markers split; new pieces numbered n+1.. with their
-        parent's class and score. Pixels a split cannot reach from a marker are dropped."""
-        from scipy.ndimage import find_objects
-        from skimage.segmentation import watershed
-
+              hv: torch.Tensor, new_class: int = 1
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Instances (labels 1..n, per-instance classes and scores) -> the same after, in turn:
+        the split of every instance holding several markers (``split``; pieces numbered n+1..
+        with their parent's class and score; pixels no marker reaches are dropped), the gate
+        (``gate``: instances whose mean nucleus probability is below it lose their pixels), the
+        trim, and the addition (``add`` > 0) of the HoVer instances (watershed from all markers
+        inside ``nucleus probability > fg``) less than ``add`` covered by instances, as
+        ``new_class`` with their mean nucleus probability as score. Instances left without
+        pixels keep their entries; the segmenter drops them with its ``min_area``."""
         labels = np.asarray(labels, np.int32)
-        n = len(scores)
-        if n == 0:
-            return labels, classes, scores
         prob, energy = self.maps(hv, labels.shape)
         mlab, nm = self.markers(prob, energy)
         out = labels.copy()
-        classes, scores = list(np.asarray(classes)), list(np.asarray(scores))
-        if nm >= 2:
-            pair = labels.astype(np.int64) * (nm + 1) + mlab
-            cnt = np.bincount(pair.ravel(), minlength=(n + 1) * (nm + 1)).reshape(n + 1, nm + 1)
-            cnt[0], cnt[:, 0] = 0, 0
-            held = cnt >= self.min_marker
-            boxes = find_objects(labels, max_label=n)
-            for k in np.nonzero(held.sum(1) >= 2)[0]:
-                sl = boxes[k - 1]
-                inside = labels[sl] == k
-                seeds = np.where(inside & held[k][mlab[sl]], mlab[sl], 0)
-                ws = watershed(energy[sl], markers=seeds, mask=inside)
-                region = out[sl]
-                region[inside] = 0
-                for j, m in enumerate(np.unique(ws[ws > 0])):
-                    if j == 0:
-                        region[ws == m] = k
-                    else:
-                        classes.append(classes[k - 1])
-                        scores.append(scores[k - 1])
-                        region[ws == m] = len(scores)
+        cls, sc = list(np.asarray(classes)), list(np.asarray(scores, np.float32))
+        n = len(sc)
+        if self.split and n and nm >= 2:
+            self._split(labels, out, cls, sc, mlab, nm, energy)
+        if self.gate > 0 and len(sc):
+            m = len(sc)
+            area = np.bincount(out.ravel(), minlength=m + 1)
+            mean = np.bincount(out.ravel(), weights=prob.ravel(), minlength=m + 1) / np.maximum(area, 1)
+            low = mean < self.gate
+            low[0] = False
+            out[low[out]] = 0
         if self.trim > 0:
             out[prob < self.trim] = 0
-        return (out, np.asarray(classes, np.int64).reshape(-1),
-                np.asarray(scores, np.float32).reshape(-1))
+        if self.add > 0 and nm:
+            from skimage.segmentation import watershed
+
+            hover = watershed(energy, markers=mlab, mask=prob > self.fg)
+            area = np.bincount(hover.ravel(), minlength=nm + 1)
+            covered = np.bincount(hover.ravel(), weights=(out > 0).ravel(), minlength=nm + 1)
+            psum = np.bincount(hover.ravel(), weights=prob.ravel(), minlength=nm + 1)
+            for h in np.nonzero(covered < self.add * area)[0]:
+                if h == 0:
+                    continue
+                cls.append(new_class)
+                sc.append(float(psum[h] / max(area[h], 1)))
+                out[(hover == h) & (out == 0)] = len(sc)
+        return (out, np.asarray(cls, np.int64).reshape(-1), np.asarray(sc, np.float32).reshape(-1))
+
+    def _split(self, labels: np.ndarray, out: np.ndarray, cls: list, sc: list, mlab: np.ndarray,
+               nm: int, energy: np.ndarray) -> None:
+        """Split, in ``out``, every instance of ``labels`` holding two or more markers."""
+        from scipy.ndimage import find_objects
+        from skimage.segmentation import watershed
+
+        n = len(sc)
+        pair = labels.astype(np.int64) * (nm + 1) + mlab
+        cnt = np.bincount(pair.ravel(), minlength=(n + 1) * (nm + 1)).reshape(n + 1, nm + 1)
+        cnt[0], cnt[:, 0] = 0, 0
+        held = cnt >= self.min_marker
+        boxes = find_objects(labels, max_label=n)
+        for k in np.nonzero(held.sum(1) >= 2)[0]:
+            sl = boxes[k - 1]
+            inside = labels[sl] == k
+            seeds = np.where(inside & held[k][mlab[sl]], mlab[sl], 0)
+            ws = watershed(energy[sl], markers=seeds, mask=inside)
+            region = out[sl]
+            region[inside] = 0
+            for j, m in enumerate(np.unique(ws[ws > 0])):
+                if j == 0:
+                    region[ws == m] = k
+                else:
+                    cls.append(cls[k - 1])
+                    sc.append(sc[k - 1])
+                    region[ws == m] = len(sc)
+
+
+def postprocess_defaults() -> dict[str, Any]:
+    """The card ``postprocess`` keys of this stage and their defaults (``hv_post``: the stage,
+    off by default)."""
+    return {"hv_post": False, **{f"hv_{k}": v for k, v in asdict(HVSplit()).items()}}

@@ -104,6 +104,8 @@ class AFFSegmenter:
         allowed = [k for k in range(n_model) if k + off in set(card.thing_classes)]
         self._excluded = sorted(set(range(n_model)) - set(allowed)) if card.task == "instance" else []
         self._things = frozenset(k - off for k in card.thing_classes)
+        #: the class of instances the HoVer stage adds (``postprocess.hv_add``)
+        self._new_class = int(card.thing_classes[0]) if card.thing_classes else 1
         #: stride of the network's mask logits relative to its input
         self.mask_stride = int(getattr(getattr(model, "sem_seg_head", None), "mask_stride", 4))
         #: test-time flips (instance cards): passes per tile, merged by ``vote_views``
@@ -286,7 +288,7 @@ class AFFSegmenter:
         """One tile's raw outputs (``forward_maps``) -> TileResult with the card's
         post-processing; ``score_threshold`` / ``fg_gate`` override the card's (sweeps reuse one
         forward pass). ``maps``: the tile's dense maps (:func:`tile_maps`): "fg" for the gate,
-        "hv" for splitting merged nuclei (``postprocess.hv_split``)."""
+        "hv" for the HoVer stage (``postprocess.hv_post``, ``tilesegcli.nn.hv_split``)."""
         from tilesegcli.nn.postprocess import panoptic_inference
 
         post = self.card.postprocess
@@ -299,11 +301,11 @@ class AFFSegmenter:
             labels, classes, scores = inst.labels, inst.classes + off, inst.scores
             if gate > 0 and maps is not None and "fg" in maps:
                 labels, classes, scores = gate_instances(labels, classes, scores, maps["fg"], gate)
-            if maps is not None and "hv" in maps and post.get("hv_split", False):
+            if maps is not None and "hv" in maps and post.get("hv_post", False):
                 from tilesegcli.nn.hv_split import HVSplit
 
                 labels, classes, scores = HVSplit.from_postprocess(post).apply(
-                    labels, classes, scores, maps["hv"])
+                    labels, classes, scores, maps["hv"], new_class=self._new_class)
             return self._instances(labels, classes, scores)
         sem = self._semantic(logits, masks, hw)
         pan = panoptic_inference(

@@ -101,6 +101,14 @@ class TrainConfig:
     mask_threshold: float = 0.5  # instance: mask probability above which a pixel is foreground
     flip_views: int = 1  # instance: 1/2/4/8 test-time passes over flipped tiles (mask voting)
     fg_gate: float = 0.0  # instance: drop instances whose mean dense foreground prob is below it
+    hv_post: bool = False  # instance, with the HoVer-style head: its stage (nn/hv_split)
+    hv_split: bool = True  # the stage's settings (tilesegcli.nn.hv_split.HVSplit)
+    hv_edge: float = 0.3
+    hv_fg: float = 0.5
+    hv_min_marker: int = 10
+    hv_trim: float = 0.0
+    hv_gate: float = 0.0
+    hv_add: float = 0.0
 
     def __post_init__(self) -> None:
         hk = self.architecture.get("head_kwargs", {})
