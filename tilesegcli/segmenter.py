@@ -8,10 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    import numpy as np
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -55,3 +54,15 @@ class Segmenter(Protocol):
     def predict_batch(self, tiles: np.ndarray) -> list[TileResult]:
         """tiles: (B, H, W, 3) uint8 RGB. Returns B results."""
         ...
+
+
+def drop_small_labels(lab: np.ndarray, n: int, min_px: int) -> tuple[np.ndarray, int]:
+    """Label image ``lab`` (1..n) without the labels under ``min_px`` pixels, the rest renumbered
+    1..K in order (int32), and K."""
+    if not n:
+        return lab, n
+    keep = np.bincount(lab.ravel(), minlength=n + 1) >= min_px
+    keep[0] = False
+    remap = np.zeros(n + 1, np.int32)
+    remap[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return remap[lab], int(keep.sum())

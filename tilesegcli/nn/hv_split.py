@@ -57,14 +57,9 @@ class HVSplit:
         from scipy.ndimage import binary_opening, label
 
         core = binary_opening((prob > self.fg) & (energy < self.edge), np.ones((3, 3), bool))
-        lab, n = label(core)
-        if n:
-            area = np.bincount(lab.ravel(), minlength=n + 1)
-            keep = area >= self.min_marker
-            keep[0] = False
-            remap = np.zeros(n + 1, np.int32)
-            remap[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-            lab, n = remap[lab], int(keep.sum())
+        from tilesegcli.segmenter import drop_small_labels
+
+        lab, n = drop_small_labels(*label(core), self.min_marker)
         return lab.astype(np.int32), n
 
     def apply(self, labels: np.ndarray, classes: np.ndarray, scores: np.ndarray,

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tilesegcli.segmenter import ClassInfo, TileResult
+from tilesegcli.segmenter import ClassInfo, TileResult, drop_small_labels
 
 
 def _build_net(width: int, depth: int, num_classes: int, seed: int):  # -> torch.nn.Module
@@ -120,15 +120,7 @@ class SimpleSegmenter:
                 res.semantic = p.astype(np.float32)
             if self.task in ("instance", "panoptic"):
                 fg = p[1:].sum(axis=0) > 0.5
-                lab, n = ndimage.label(fg)
-                if n:
-                    sizes = np.bincount(lab.ravel(), minlength=n + 1)
-                    keep = sizes >= self.min_size_px
-                    keep[0] = False
-                    remap = np.zeros(n + 1, np.int32)
-                    remap[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-                    lab = remap[lab]
-                    n = int(keep.sum())
+                lab, n = drop_small_labels(*ndimage.label(fg), self.min_size_px)
                 scores = (
                     np.asarray(ndimage.mean(p[1:].sum(axis=0), lab, np.arange(1, n + 1)), np.float32)
                     if n
