@@ -303,7 +303,12 @@ def _load_raw(name_or_path: str | os.PathLike, seen: tuple[str, ...] = ()) -> tu
         ref: str | Path = parent
         if not bundled and (parent.endswith(".json") or "/" in parent):
             ref = (path.parent / parent)
-        base, _, _ = _load_raw(ref, seen + (key,))
+        base, base_path, _ = _load_raw(ref, seen + (key,))
+        for w in ("weights", "backbone_weights"):
+            spec = base.get(w)
+            if w not in data and isinstance(spec, dict) and spec.get("bundled") and spec.get("filename"):
+                # inherited bundled weights stay the parent's file, not one beside this card
+                base[w] = {**spec, "filename": str(base_path.parent.resolve() / spec["filename"])}
         data = _merge(base, data, top=True)
         data.pop("extends", None)
     return data, path, bundled

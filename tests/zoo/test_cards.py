@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tilesegcli.errors import ModelNotFoundError
+from tilesegcli.errors import ModelNotFoundError, WeightsError
 from tilesegcli.zoo import (
     DEFAULT_MODEL,
     InvalidCardError,
@@ -152,6 +152,31 @@ def test_user_card_by_path_dir_and_extends(tmp_path):
     assert t.architecture["backbone"] == "aff_tiny" and t.weights.filename == "t.pth"
     assert t.weights.ignore_keys == () and t.weights.sha256 is None  # weights replaced whole
     assert t.architecture["head_kwargs"]["num_queries"] == 100  # architecture merges
+
+
+def test_a_child_card_keeps_its_parents_bundled_weights(tmp_path):
+    """A card that extends one with bundled weights and names none of its own (to change only
+    post-processing, say) loads the parent's file, wherever the child lives; own weights win."""
+    from tilesegcli.weights import resolve_weights
+
+    (tmp_path / "w.safetensors").write_bytes(b"weights")
+    (tmp_path / "card.json").write_text(json.dumps(_user_card()))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "child.json").write_text(json.dumps(
+        {"extends": "../card.json", "name": "child", "postprocess": {"score_threshold": 0.7}}))
+    (elsewhere / "grandchild.json").write_text(json.dumps({"extends": "child.json", "name": "g"}))
+    for name in ("child", "grandchild"):
+        assert resolve_weights(load_card(elsewhere / f"{name}.json")) == tmp_path / "w.safetensors"
+    (elsewhere / "own.json").write_text(json.dumps(
+        {"extends": "../card.json", "name": "own",
+         "weights": {"filename": "w.safetensors", "bundled": True}}))
+    with pytest.raises(WeightsError, match="elsewhere/w.safetensors"):
+        resolve_weights(load_card(elsewhere / "own.json"))
+    if DEFAULT_MODEL in card_names():  # a bundled parent: the file in the package
+        (elsewhere / "nuclei.json").write_text(json.dumps(
+            {"extends": DEFAULT_MODEL, "name": "nuclei-tuned", "postprocess": {"flip_views": 1}}))
+        assert resolve_weights(load_card(elsewhere / "nuclei.json")).is_file()
 
 
 def test_extending_natural_image_card_with_own_pixel_size_is_not_nominal(tmp_path):
