@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", required=True, dest="settings")
     ap.add_argument("--views", type=int, help="flip views (default: the card's)")
     ap.add_argument("--overlap", type=int, help="tile overlap (default: the card's)")
+    ap.add_argument("--hv-views", type=int,
+                    help="flip views whose HoVer maps are computed (default: the card's; 0 = all)")
     ap.add_argument("--json", help="write all results here")
     a = ap.parse_args()
     from tilesegcli.arrays import forward_tiles, objects_to_labels, stitch_raw
@@ -50,6 +52,8 @@ def main() -> None:
     seg = load_segmenter(a.model, device="cpu")
     if a.views:
         seg.flip_views = a.views
+    if a.hv_views is not None:
+        seg.hv_views = a.hv_views
     card = seg.card
     overlap = card.overlap if a.overlap is None else a.overlap
     t0 = time.perf_counter()
@@ -57,7 +61,7 @@ def main() -> None:
     raw = [(d, *forward_tiles(seg, d.image, card.tile_size, overlap)) for d in data]
     t_forward = time.perf_counter() - t0
     print(f"forward: {len(data)} images, {sum(len(r) for _, _, r in raw)} tiles, "
-          f"{seg.flip_views} views, {t_forward:.1f} s", flush=True)
+          f"{seg.flip_views} views (HoVer maps of {seg.hv_views or 'all'}), {t_forward:.1f} s", flush=True)
     rows = []
     for text in a.settings:
         change = parse_setting(text)
@@ -74,7 +78,8 @@ def main() -> None:
     seg.card = card
     if a.json:
         Path(a.json).write_text(json.dumps({"model": a.model, "list": a.list, "overlap": overlap,
-                                            "views": seg.flip_views, "rows": rows}, indent=1))
+                                            "views": seg.flip_views,
+                                            "hv_views": seg.hv_views, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -138,6 +138,39 @@ def test_head_maps_are_the_mean_of_the_views_mapped_back(hv_cards: Path) -> None
     torch.testing.assert_close(m8["hv"], torch.stack(maps).mean(0), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("agree", [0.0, 2.0])
+def test_hv_views_averages_the_maps_of_the_first_views_only(hv_cards: Path, agree: float) -> None:
+    """``hv_views`` k: the HoVer maps of views 0..k-1 (k = 5 crosses into the transposed batch),
+    everything else as with all views; with ``view_agreement`` (2.0: every tile gets all views)
+    too."""
+    from tilesegcli.zoo import load_card, load_segmenter
+
+    from ..zoo.test_segmenter import _tiles
+
+    tiles = _tiles(2, 64, 64)
+    card = load_card(str(hv_cards / "v8sFalse.json")).with_overrides(view_agreement=agree)
+    every = load_segmenter(card, device="cpu")
+    lg, mk, ref = every.forward_maps(tiles)
+    one = load_segmenter(str(hv_cards / "v1sFalse.json"), device="cpu")
+    views = []
+    for transposed, dims in view_transforms(8):
+        x = torch.from_numpy(tiles).permute(0, 3, 1, 2)
+        x = x.transpose(2, 3) if transposed else x
+        x = x.flip(dims) if dims else x
+        _, _, mo = one.forward_maps(np.ascontiguousarray(x.permute(0, 2, 3, 1).numpy()))
+        views.append(unview_map("hv", mo["hv"], transposed, dims))
+    for k in (1, 2, 5):
+        seg = load_segmenter(card.with_overrides(hv_views=k), device="cpu")
+        assert seg.hv_views == k
+        lg_k, mk_k, maps = seg.forward_maps(tiles)
+        torch.testing.assert_close(lg_k, lg)
+        torch.testing.assert_close(mk_k, mk)
+        assert set(maps) == set(ref)
+        for key in set(ref) - {"hv"}:
+            torch.testing.assert_close(maps[key], ref[key])
+        torch.testing.assert_close(maps["hv"], torch.stack(views[:k]).mean(0), atol=1e-5, rtol=1e-5)
+
+
 def test_split_in_predict_batch_equals_the_split_of_the_plain_result(hv_cards: Path) -> None:
     from tilesegcli.zoo import load_segmenter
 

@@ -123,13 +123,15 @@ class AFFMask2FormerHead(nn.Module):
         self.hv_head = HVHead(mask_dim) if hv_head else None
 
     def forward(self, feats: BackboneOutput, with_aux: bool = True,
-                images: torch.Tensor | None = None) -> dict:
+                images: torch.Tensor | None = None, hv_rows: int | None = None) -> dict:
         pd = self.pixel_decoder(feats)
-        return self.decode(pd, with_aux=with_aux, images=images)
+        return self.decode(pd, with_aux=with_aux, images=images, hv_rows=hv_rows)
 
     def decode(self, pd: PixelDecoderOutput, *, with_aux: bool = True,
-               images: torch.Tensor | None = None) -> dict:
-        """Pixel-decoder output -> predictions (``mask_stride`` says the masks' stride)."""
+               images: torch.Tensor | None = None, hv_rows: int | None = None) -> dict:
+        """Pixel-decoder output -> predictions (``mask_stride`` says the masks' stride).
+        ``hv_rows``: the HoVer maps of the first ``hv_rows`` images only (None: all; 0: none),
+        for inference that needs them of one flip view."""
         out = self.predictor(pd.multi_scale_features, pd.multi_scale_pos, pd.mask_features,
                              pd.mask_pos, pd.canvas_hw, with_aux=with_aux,
                              return_embed=self.hires is not None)
@@ -140,8 +142,8 @@ class AFFMask2FormerHead(nn.Module):
             out["pred_masks"] = masks_from_embed(out.pop("mask_embed"), fmap)
             for aux, emb in zip(out["aux_outputs"], out.pop("aux_mask_embed"), strict=True):
                 aux["pred_masks"] = masks_from_embed(emb, fmap)
-            if self.hv_head is not None:
-                out["pred_hv"] = self.hv_head(fmap)
+            if self.hv_head is not None and hv_rows != 0:
+                out["pred_hv"] = self.hv_head(fmap if hv_rows is None else fmap[:hv_rows])
         if self.fg_head is not None:
             from tilesegcli.nn.point_ops import point2img
 
@@ -180,9 +182,11 @@ class AFFMask2Former(nn.Module):
         self.sem_seg_head.pixel_decoder.pe_per_image = on
         self.sem_seg_head.predictor.pe_per_image = on
 
-    def forward(self, images: torch.Tensor, with_aux: bool = True) -> dict:
+    def forward(self, images: torch.Tensor, with_aux: bool = True,
+                hv_rows: int | None = None) -> dict:
         images = pad_to_multiple(images, self.size_divisibility)
-        return self.sem_seg_head(self.backbone(images), with_aux=with_aux, images=images)
+        return self.sem_seg_head(self.backbone(images), with_aux=with_aux, images=images,
+                                 hv_rows=hv_rows)
 
     def normalize(self, rgb_uint8: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 RGB -> the normalised float input of ``forward``."""

@@ -135,5 +135,6 @@ class HVSplit:
 
 def postprocess_defaults() -> dict[str, Any]:
     """The card ``postprocess`` keys of this stage and their defaults (``hv_post``: the stage,
-    off by default)."""
-    return {"hv_post": False, **{f"hv_{k}": v for k, v in asdict(HVSplit()).items()}}
+    off by default; ``hv_views``: the flip views whose maps the segmenter computes, 0 = all)."""
+    return {"hv_post": False, "hv_views": 0,
+            **{f"hv_{k}": v for k, v in asdict(HVSplit()).items()}}

@@ -113,6 +113,9 @@ class AFFSegmenter:
         #: tile views computed so far by a multi-view card (with ``view_agreement``, fewer than
         #: tiles x flip_views); a statistic for benchmarks, not exact under several model threads
         self.views_run = 0
+        #: flip views whose HoVer maps are computed and averaged (``postprocess.hv_views``;
+        #: 0 = all): the HoVer head costs ~0.4x of the rest of the network per view
+        self.hv_views = int(card.postprocess.get("hv_views", 0))
         from tilesegcli.nn.postprocess import VIEW_COUNTS
 
         if self.flip_views not in VIEW_COUNTS:
@@ -140,20 +143,20 @@ class AFFSegmenter:
             raise ValueError(f"tiles must be uint8 RGB, got {tiles.dtype}")
         return tiles_to_input(tiles, self._mean, self._std, self._div, self.device)
 
-    def _amp_model(self, x: torch.Tensor) -> dict:
+    def _amp_model(self, x: torch.Tensor, hv_rows: int | None = None) -> dict:
         """Mixed precision like the official code: backbone and transformer decoder under
         autocast, the pixel decoder in fp32 (it is numerically sensitive: Shepard weights)."""
         dev, dt = self.device.type, self._amp_dtype
         head = getattr(self.model, "sem_seg_head", None)
         if head is None or not hasattr(head, "pixel_decoder") or not hasattr(head, "predictor"):
             with torch.autocast(dev, dtype=dt):
-                return self._call(x)
+                return self._call(x, hv_rows)
         with torch.autocast(dev, dtype=dt):
             feats = self.model.backbone(x)
         with torch.autocast(dev, enabled=False):
             pd = head.pixel_decoder(feats)
         with torch.autocast(dev, dtype=dt):
-            return head.decode(pd, with_aux=False, images=x)
+            return head.decode(pd, with_aux=False, images=x, hv_rows=hv_rows)
 
     def _forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Maps | None]:
         """(B, V*Q, K+1) logits, (B, V*Q, h, w) masks of the V views mapped back to the tile,
@@ -183,23 +186,26 @@ class AFFSegmenter:
                              for i in range(x.shape[0])], dtype=torch.bool)
         lg = lg + [lg[i % 2].clone() for i in range(2, len(views))]
         mk = mk + [mk[i % 2].clone() for i in range(2, len(views))]
-        copies = torch.arange(2, len(views)) % 2
-        maps = None if maps is None else {k: torch.cat([m, m[copies]]) for k, m in maps.items()}
+        mean = _mean_maps(maps)
         if bool(more.any()):
-            lg2, mk2, maps2 = self._forward_views(x[more], views[2:])
+            lg2, mk2, maps2 = self._forward_views(x[more], views[2:], first=2)
             for j in range(len(views) - 2):
                 lg[2 + j][more], mk[2 + j][more] = lg2[j], mk2[j]
-                if maps is not None and maps2 is not None:
-                    for k in maps:
-                        maps[k][2 + j][more] = maps2[k][j]
+            if mean is not None and maps is not None and maps2 is not None:
+                # a tile that got more views: the mean of all its views' maps (the first
+                # ``hv_views`` of them for "hv")
+                for k, m2 in maps2.items():
+                    mean[k][more] = torch.cat([maps[k][:, more], m2]).mean(0)
         self.views_run += 2 * x.shape[0] + (len(views) - 2) * int(more.sum())
-        return torch.cat(lg, 1), torch.cat(mk, 1), _mean_maps(maps)
+        return torch.cat(lg, 1), torch.cat(mk, 1), mean
 
-    def _forward_views(self, x: torch.Tensor, views: list[tuple[bool, tuple[int, ...]]]
+    def _forward_views(self, x: torch.Tensor, views: list[tuple[bool, tuple[int, ...]]],
+                       first: int = 0
                        ) -> tuple[list[torch.Tensor], list[torch.Tensor], Maps | None]:
-        """Each of ``views`` (transposed?, flipped dims) of the B tiles, mapped back: lists of
-        (B, Q, K+1) logits and (B, Q, h, w) masks, and the dense maps with a leading view axis
-        (V, B, ...) or None. One batch of B x (views) copies per orientation."""
+        """Each of ``views`` (transposed?, flipped dims; view ``first`` onwards of the card's) of
+        the B tiles, mapped back: lists of (B, Q, K+1) logits and (B, Q, h, w) masks, and the
+        dense maps with a leading view axis (V, B, ...; "hv" of the first ``hv_views`` views
+        only) or None. One batch of B x (views) copies per orientation."""
         b = x.shape[0]
         out: dict[int, tuple[torch.Tensor, torch.Tensor, Maps | None]] = {}
         for transposed in (False, True):
@@ -208,37 +214,42 @@ class AFFSegmenter:
                 continue
             xt = x.transpose(2, 3) if transposed else x
             flips = [views[i][1] for i in idx]
-            logits, masks, maps = self._forward_once(torch.cat([xt.flip(d) if d else xt
-                                                                for d in flips]))
+            # idx ascends, so the views that get HoVer maps come first in the batch
+            hv_rows = (None if self.hv_views <= 0
+                       else b * sum(first + i < self.hv_views for i in idx))
+            logits, masks, maps = self._forward_once(
+                torch.cat([xt.flip(d) if d else xt for d in flips]), hv_rows)
             for n, (i, d) in enumerate(zip(idx, flips, strict=True)):
                 m = masks[n * b:(n + 1) * b]
                 m = m.flip(d) if d else m
-                back = None if maps is None else {k: unview_map(k, v[n * b:(n + 1) * b], transposed, d)
-                                                  for k, v in maps.items()}
+                back = None if maps is None else {
+                    k: unview_map(k, v[n * b:(n + 1) * b], transposed, d)
+                    for k, v in maps.items() if len(v) >= (n + 1) * b}
                 out[i] = (logits[n * b:(n + 1) * b], m.transpose(2, 3) if transposed else m, back)
         order = [out[i] for i in range(len(views))]
-        all_maps = [o[2] for o in order]
-        stacked = None
-        if all(m is not None for m in all_maps):
-            stacked = {k: torch.stack([m[k] for m in all_maps])  # type: ignore[index]
-                       for k in all_maps[0]}  # type: ignore[union-attr]
-        return [o[0] for o in order], [o[1] for o in order], stacked
+        all_maps = [o[2] for o in order if o[2]]
+        keys = dict.fromkeys(k for m in all_maps for k in m)
+        stacked = {k: torch.stack([m[k] for m in all_maps if k in m]) for k in keys}
+        return [o[0] for o in order], [o[1] for o in order], stacked or None
 
-    def _forward_once(self, x: torch.Tensor
+    def _forward_once(self, x: torch.Tensor, hv_rows: int | None = None
                       ) -> tuple[torch.Tensor, torch.Tensor, Maps | None]:
         with torch.inference_mode():
             if self.amp:
-                out = self._amp_model(x)
+                out = self._amp_model(x, hv_rows)
                 logits, masks = out["pred_logits"].float(), out["pred_masks"].float()
                 if bool(torch.isfinite(logits).all()) and bool(torch.isfinite(masks).all()):
                     return logits, masks, dense_maps(out)
                 log.warning("%s: fp16 outputs not finite; recomputing the batch in fp32", self.name)
-            out = self._call(x)
+            out = self._call(x, hv_rows)
             return out["pred_logits"].float(), out["pred_masks"].float(), dense_maps(out)
 
-    def _call(self, x: torch.Tensor) -> dict:
-        # inference needs no auxiliary (per-layer) predictions
-        return self.model(x, with_aux=False)
+    def _call(self, x: torch.Tensor, hv_rows: int | None = None) -> dict:
+        # inference needs no auxiliary (per-layer) predictions; only AFF-Mask2Former heads
+        # take ``hv_rows``
+        if hv_rows is None:
+            return self.model(x, with_aux=False)
+        return self.model(x, with_aux=False, hv_rows=hv_rows)
 
     def forward(self, tiles: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw network outputs on CPU: pred_logits (B, Q, K+1), pred_masks (B, Q, h/s, w/s),
