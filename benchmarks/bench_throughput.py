@@ -53,7 +53,8 @@ def run_cli(src: Path, slide: Path, out: Path, roi: Path | None, threads: int,
 
 
 def flops_per_tile(model: str) -> tuple[float, Any]:
-    """GFLOP of one flip view of one tile, counted on a batch of 8 real-size tiles."""
+    """GFLOP of one flip view of one tile as the card runs it, counted on a batch of 8
+    real-size tiles: with ``hv_views`` k of V views, the HoVer head's share counts k / V."""
     import numpy as np
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -63,9 +64,17 @@ def flops_per_tile(model: str) -> tuple[float, Any]:
     seg = load_segmenter(model, device="cpu")
     t = seg.tile_size
     x = seg._prepare(np.random.default_rng(0).integers(0, 255, (8, t, t, 3), dtype=np.uint8))
-    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
-        seg._call(x)
-    return fc.get_total_flops() / 8 / 1e9, seg
+
+    def count(hv_rows: int | None) -> float:
+        with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+            seg._call(x, hv_rows)
+        return fc.get_total_flops() / 8 / 1e9
+
+    full = count(None)
+    if getattr(seg, "hv_views", 0) <= 0 or seg.hv_views >= seg.flip_views:
+        return full, seg
+    base = count(0)
+    return base + (full - base) * seg.hv_views / seg.flip_views, seg
 
 
 def matmul_gflops(threads: int) -> float:

@@ -56,6 +56,15 @@ class Segmenter(Protocol):
         ...
 
 
+def label_means(labels: np.ndarray, values: np.ndarray, n: int) -> np.ndarray:
+    """(n,) mean of ``values`` over each label 1..n of ``labels`` (same shape); 0 where a label
+    has no pixels."""
+    lab = np.asarray(labels).ravel()
+    area = np.bincount(lab, minlength=n + 1)[1:n + 1]
+    total = np.bincount(lab, weights=np.asarray(values, np.float64).ravel(), minlength=n + 1)
+    return total[1:n + 1] / np.maximum(area, 1)
+
+
 def drop_small_labels(lab: np.ndarray, n: int, min_px: int) -> tuple[np.ndarray, int]:
     """Label image ``lab`` (1..n) without the labels under ``min_px`` pixels, the rest renumbered
     1..K in order (int32), and K."""

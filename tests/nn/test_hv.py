@@ -232,3 +232,16 @@ def test_gate_and_add_use_the_nucleus_map() -> None:
     out, cls, sc = HVSplit(add=0.2).apply(np.zeros(shape, np.int32), np.zeros(0, np.int64),
                                           np.zeros(0, np.float32), maps)
     assert len(sc) == 2 and {int(out[16, 16]), int(out[44, 44])} == {1, 2}
+
+
+def test_training_configs_carry_every_hover_stage_key_with_the_cards_defaults() -> None:
+    """A trained card's ``postprocess`` is written from the training configuration: every key of
+    the stage must be a field there, with the default a card gets without it."""
+    from tilesegcli.nn.hv_split import postprocess_defaults
+    from tilesegcli.train.config import TrainConfig
+    from tilesegcli.train.source import POSTPROCESS_FIELDS
+
+    cfg = TrainConfig()
+    for key, default in postprocess_defaults().items():
+        assert key in POSTPROCESS_FIELDS
+        assert getattr(cfg, key) == default, key

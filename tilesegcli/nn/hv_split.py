@@ -82,11 +82,9 @@ class HVSplit:
         if self.split and n and nm >= 2:
             self._split(labels, out, cls, sc, mlab, nm, energy)
         if self.gate > 0 and len(sc):
-            m = len(sc)
-            area = np.bincount(out.ravel(), minlength=m + 1)
-            mean = np.bincount(out.ravel(), weights=prob.ravel(), minlength=m + 1) / np.maximum(area, 1)
-            low = mean < self.gate
-            low[0] = False
+            from tilesegcli.segmenter import label_means
+
+            low = np.concatenate([[False], label_means(out, prob, len(sc)) < self.gate])
             out[low[out]] = 0
         if self.trim > 0:
             out[prob < self.trim] = 0

@@ -36,7 +36,7 @@ from torch import nn
 from tilesegcli.device import select_device
 from tilesegcli.errors import UsageError
 from tilesegcli.nn.inputs import channel_stats, tiles_to_input
-from tilesegcli.segmenter import TileResult
+from tilesegcli.segmenter import TileResult, label_means
 
 if TYPE_CHECKING:
     from tilesegcli.zoo import ModelCard
@@ -434,9 +434,7 @@ def gate_instances(labels: np.ndarray, classes: np.ndarray, scores: np.ndarray,
     h, w = labels.shape
     up = F.interpolate(fg[None, None].float(), size=(fg.shape[-2] * 4, fg.shape[-1] * 4),
                        mode="bilinear", align_corners=False)[0, 0, :h, :w].numpy()
-    area = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    mean = np.bincount(labels.ravel(), weights=up.ravel(), minlength=n + 1)[1:] / np.maximum(area, 1)
-    return keep_instances(labels, classes, scores, mean >= gate)
+    return keep_instances(labels, classes, scores, label_means(labels, up, n) >= gate)
 
 
 def keep_instances(labels: np.ndarray, classes: np.ndarray, scores: np.ndarray, keep: np.ndarray

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tilesegcli.errors import UsageError
+from tilesegcli.nn.hv_split import HVSplit
 from tilesegcli.specs import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -102,13 +103,14 @@ class TrainConfig:
     flip_views: int = 1  # instance: 1/2/4/8 test-time passes over flipped tiles (mask voting)
     fg_gate: float = 0.0  # instance: drop instances whose mean dense foreground prob is below it
     hv_post: bool = False  # instance, with the HoVer-style head: its stage (nn/hv_split)
-    hv_split: bool = True  # the stage's settings (tilesegcli.nn.hv_split.HVSplit)
-    hv_edge: float = 0.3
-    hv_fg: float = 0.5
-    hv_min_marker: int = 10
-    hv_trim: float = 0.0
-    hv_gate: float = 0.0
-    hv_add: float = 0.0
+    hv_views: int = 0  # flip views whose HoVer maps are computed (0 = all)
+    hv_split: bool = HVSplit.split  # the stage's settings (tilesegcli.nn.hv_split.HVSplit)
+    hv_edge: float = HVSplit.edge
+    hv_fg: float = HVSplit.fg
+    hv_min_marker: int = HVSplit.min_marker
+    hv_trim: float = HVSplit.trim
+    hv_gate: float = HVSplit.gate
+    hv_add: float = HVSplit.add
 
     def __post_init__(self) -> None:
         hk = self.architecture.get("head_kwargs", {})

@@ -21,8 +21,8 @@ from tilesegcli.train.checkpoint import is_training_checkpoint
 #: post-processing fields of a training configuration, stored under a card's ``postprocess``
 POSTPROCESS_FIELDS = ("score_threshold", "object_mask_threshold", "overlap_threshold",
                       "min_visible_fraction", "cleanup_radius", "mask_threshold", "flip_views",
-                      "fg_gate", "hv_post", "hv_split", "hv_edge", "hv_fg", "hv_min_marker", "hv_trim",
-                      "hv_gate", "hv_add")
+                      "fg_gate", "hv_post", "hv_views", "hv_split", "hv_edge", "hv_fg",
+                      "hv_min_marker", "hv_trim", "hv_gate", "hv_add")
 
 #: fields a fine-tuning run takes from the model it starts from (``--init-from``)
 INHERITED_FIELDS = ("architecture", "class_names", "mpp", "mpp_unit", "tile", "overlap", "mean",
