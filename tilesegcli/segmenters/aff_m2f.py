@@ -114,7 +114,7 @@ class AFFSegmenter:
         #: tiles x flip_views); a statistic for benchmarks, not exact under several model threads
         self.views_run = 0
         #: flip views whose HoVer maps are computed and averaged (``postprocess.hv_views``;
-        #: 0 = all): the HoVer head costs ~0.4x of the rest of the network per view
+        #: 0 = all): the HoVer head costs ~0.6x of the rest of the network per view
         self.hv_views = int(card.postprocess.get("hv_views", 0))
         from tilesegcli.nn.postprocess import VIEW_COUNTS
 
