@@ -44,7 +44,8 @@ Card format (JSON object, ``"format": 1``)::
                        "hv_post" (instance, heads with ``hv_head``: the HoVer stage that cuts
                        instances holding several markers, gates, trims and adds; settings
                        "hv_split", "hv_edge", "hv_fg", "hv_min_marker", "hv_trim", "hv_gate",
-                       "hv_add", see ``tilesegcli.nn.hv_split``)}
+                       "hv_add", see ``tilesegcli.nn.hv_split``; "hv_views": the HoVer maps
+                       of the first k flip views only, 0 = all)}
     weights           {"url": str|null, "sha256": hex|null (null = unknown: verified by strict
                        loading), "size": bytes|null, "filename": str, "bundled": bool (file lives
                        next to the card), "format": "auto"|"detectron2"|"state_dict"|
