@@ -230,3 +230,38 @@ def test_init_from_checkpoint_and_card(tmp_path: Path, monkeypatch: pytest.Monke
     img = np.full((1, 64, 64, 3), 225, np.uint8)
     assert seg.forward(img)[1].shape[-2:] == (32, 32)
     assert seg.predict_batch(img)[0].labels.shape == (64, 64)
+
+
+def test_fine_tuning_a_network_with_a_foreground_head_trains_that_head(tmp_path: Path) -> None:
+    """A network that ships a foreground head (the gate of a card like aff-nuclei) is trained
+    with the auxiliary dense loss through that head, so the exported gate follows the features
+    it reads; a source whose separate auxiliary head differs loads the shipped head's tensors."""
+    import torch
+
+    from tilesegcli.train.loop import init_weights, train
+    from tilesegcli.train.net import TrainNet
+
+    arch = {**TINY_ARCH, "head_kwargs": {**TINY_ARCH["head_kwargs"], "fg_head": True}}
+    base = _cfg(tmp_path, "base", 1).with_updates(architecture=arch)
+    net = TrainNet(base)
+    assert net.dense is net.model.sem_seg_head.fg_head
+    run0 = train(base)
+    before = _weights(run0)["model"]
+    run1 = train(base.with_updates(out_dir=str(tmp_path / "ft"), steps=3,
+                                   init_from=str(run0 / "last.pt")))
+    after = _weights(run1)["model"]
+    fg = [k for k in after if k.startswith("model.sem_seg_head.fg_head.")]
+    assert fg and any(not torch.equal(after[k], before[k]) for k in fg)
+    for k in fg:
+        torch.testing.assert_close(after[k], after["dense." + k[len("model.sem_seg_head.fg_head."):]])
+    # a checkpoint whose auxiliary head is not the shipped one (trained before they were one)
+    state = _weights(run1)
+    for k in list(state["model"]):
+        if k.startswith("dense."):
+            state["model"][k] = torch.zeros_like(state["model"][k])
+    odd = tmp_path / "odd.pt"
+    torch.save(state, odd)
+    fresh = TrainNet(base)
+    init_weights(fresh, str(odd))
+    for k in fg:
+        torch.testing.assert_close(fresh.state_dict()[k], after[k])

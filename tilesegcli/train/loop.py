@@ -192,6 +192,13 @@ def init_weights(net: Any, source: str) -> tuple[int, int]:
 
     sd = read_source(source).state_dict
     own = net.state_dict()
+    fg = "model.sem_seg_head.fg_head."
+    if net.dense is getattr(net.model.sem_seg_head, "fg_head", None) and any(
+            k.startswith(fg) for k in sd):
+        # one module under both names: the shipped head's tensors, not a source's separate
+        # (e.g. untrained) auxiliary head
+        sd = {**{k: v for k, v in sd.items() if not k.startswith("dense.")},
+              **{"dense." + k[len(fg):]: v for k, v in sd.items() if k.startswith(fg)}}
     take = {k: v.to(own[k].dtype) for k, v in sd.items()
             if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(own[k].shape)}
     if not take:

@@ -56,7 +56,11 @@ class TrainNet(nn.Module):
         mask_dim = int(hk.get("mask_dim", 256))
         from tilesegcli.nn.aff_m2f import dense_head
 
-        self.dense = dense_head(mask_dim)
+        # a network that ships a foreground head (fine-tuned from a card with a gate) trains that
+        # head with the auxiliary dense loss: a separate one would leave the shipped head as it
+        # was while the features under it change
+        shipped = getattr(self.model.sem_seg_head, "fg_head", None)
+        self.dense = shipped if shipped is not None else dense_head(mask_dim)
         matcher = HungarianMatcher(cfg.class_weight, cfg.mask_weight, cfg.dice_weight,
                                    num_points=cfg.match_points)
         self.criterion = SetCriterion(
