@@ -265,3 +265,7 @@ def test_fine_tuning_a_network_with_a_foreground_head_trains_that_head(tmp_path:
     init_weights(fresh, str(odd))
     for k in fg:
         torch.testing.assert_close(fresh.state_dict()[k], after[k])
+    # resuming such a checkpoint (no step left to run: the loaded tensors are written back)
+    resumed = _weights(train(resume=odd, overrides={"steps": 3}))["model"]
+    for k in fg:
+        torch.testing.assert_close(resumed[k], after[k])

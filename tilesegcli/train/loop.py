@@ -104,7 +104,7 @@ def train(cfg: TrainConfig | None = None, *, resume: str | Path | None = None,
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     step, best = 0, {"pq": -1.0}
     if state is not None:
-        net.load_state_dict(state["model"])
+        net.load_state_dict(net.shared_state(state["model"]))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         if use_amp and "scaler" in state:
@@ -190,15 +190,8 @@ def init_weights(net: Any, source: str) -> tuple[int, int]:
 
     from tilesegcli.train.source import read_source
 
-    sd = read_source(source).state_dict
+    sd = net.shared_state(read_source(source).state_dict)
     own = net.state_dict()
-    fg = "model.sem_seg_head.fg_head."
-    if net.dense is getattr(net.model.sem_seg_head, "fg_head", None) and any(
-            k.startswith(fg) for k in sd):
-        # one module under both names: the shipped head's tensors, not a source's separate
-        # (e.g. untrained) auxiliary head
-        sd = {**{k: v for k, v in sd.items() if not k.startswith("dense.")},
-              **{"dense." + k[len(fg):]: v for k, v in sd.items() if k.startswith(fg)}}
     take = {k: v.to(own[k].dtype) for k, v in sd.items()
             if k in own and isinstance(v, torch.Tensor) and tuple(v.shape) == tuple(own[k].shape)}
     if not take:

@@ -83,6 +83,18 @@ class TrainNet(nn.Module):
             self.model.sem_seg_head.hv_head.train(mode)
         return self
 
+    def shared_state(self, sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``sd`` (TrainNet keys) as this net must load it: where the auxiliary dense head is the
+        shipped foreground head (one module under both names), both names take the shipped
+        head's tensors; a checkpoint from before they were one (e.g. an ``hv_only`` run, whose
+        ``dense`` never trained) would otherwise overwrite the gate with its ``dense``."""
+        fg = "model.sem_seg_head.fg_head."
+        if self.dense is not getattr(self.model.sem_seg_head, "fg_head", None) or not any(
+                k.startswith(fg) for k in sd):
+            return sd
+        return {**{k: v for k, v in sd.items() if not k.startswith("dense.")},
+                **{"dense." + k[len(fg):]: v for k, v in sd.items() if k.startswith(fg)}}
+
     def num_params(self) -> int:
         return int(sum(p.numel() for p in self.model.parameters()))
 

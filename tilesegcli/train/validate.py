@@ -108,7 +108,7 @@ def validate_checkpoint(checkpoint: str | Path, overrides: dict[str, Any] | None
     cfg = TrainConfig.from_dict(state["config"]).with_updates(**(overrides or {}))
     torch.set_num_threads(cfg.threads)
     net = build_net(cfg)
-    net.load_state_dict(state["model"])
+    net.load_state_dict(net.shared_state(state["model"]))
     _, val = cfg.load_data(train=False)
     if not val:
         raise UsageError("the configuration has no validation images")
