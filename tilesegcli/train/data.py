@@ -18,6 +18,7 @@ import numpy as np
 from tilesegcli.annotations import Annotation, read_annotation
 from tilesegcli.errors import AnnotationError, SlideOpenError, UsageError
 from tilesegcli.train.augment import augment_patch
+from tilesegcli.train.pack import PACK_SUFFIX, read_pack
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,11 @@ def resize_rgb(img: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def load_item(item: DataItem, mpp: float) -> Loaded:
-    """Read ``item`` and resample image + instances from item.mpp to ``mpp``."""
+    """Read ``item`` and resample image + instances from item.mpp to ``mpp`` (an item whose
+    image is a pack, ``train/pack.py``, is read from it as it was packed)."""
+    if item.image.lower().endswith(PACK_SUFFIX):
+        _, image, ann = read_pack(item.image, mpp)
+        return Loaded(item.key, image, ann)
     img = read_rgb(item.image)
     scale = item.mpp / mpp
     shape = (int(round(img.shape[0] * scale)), int(round(img.shape[1] * scale)))
