@@ -65,21 +65,16 @@ def test_a_list_of_packs_trains(tmp_path: Path) -> None:
     from tilesegcli.train.config import TrainConfig
     from tilesegcli.train.loop import train
 
+    from .test_train_loop import TINY_ARCH, synthetic_nuclei
+
     rng = np.random.default_rng(0)
     rows = []
     for i in range(2):
-        img = np.full((96, 96, 3), 225, np.uint8)
-        lab = np.zeros((96, 96), np.int32)
-        for k in range(1, 9):
-            cy, cx = rng.integers(8, 88, 2)
-            yy, xx = np.ogrid[:96, :96]
-            disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 25
-            lab[disc] = k
-            img[disc] = (90, 40, 140)
-        write_pack(tmp_path / f"p{i}.npz", f"p{i}", img, Annotation(lab, np.ones(8, np.int64)), 0.5)
+        img, lab = synthetic_nuclei(rng)
+        ann = Annotation(lab.astype(np.int32), np.ones(8, np.int64))
+        write_pack(tmp_path / f"p{i}.npz", f"p{i}", img, ann, 0.5)
         rows.append({"image": f"p{i}.npz", "annotation": f"p{i}.npz", "mpp": 0.5, "name": f"p{i}"})
     (tmp_path / "train.json").write_text(json.dumps(rows))
-    from .test_train_loop import TINY_ARCH
 
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), data_preset=None,
                       train_list=str(tmp_path / "train.json"), mpp=0.5, tile=64, batch_size=2,

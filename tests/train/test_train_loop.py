@@ -23,20 +23,26 @@ TINY_ARCH = {
 }
 
 
+def synthetic_nuclei(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A 96 px image of 8 purple discs on white and its (uint16) instance labels."""
+    img = np.full((96, 96, 3), 225, np.uint8)
+    lab = np.zeros((96, 96), np.uint16)
+    for k in range(1, 9):
+        cy, cx = rng.integers(8, 88, 2)
+        yy, xx = np.ogrid[:96, :96]
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 25
+        lab[disc] = k
+        img[disc] = (90, 40, 140)
+    return img, lab
+
+
 def _data(tmp_path: Path) -> tuple[Path, Path]:
     from PIL import Image
 
     rng = np.random.default_rng(0)
     rows = []
     for i in range(3):
-        img = np.full((96, 96, 3), 225, np.uint8)
-        lab = np.zeros((96, 96), np.uint16)
-        for k in range(1, 9):
-            cy, cx = rng.integers(8, 88, 2)
-            yy, xx = np.ogrid[:96, :96]
-            disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 25
-            lab[disc] = k
-            img[disc] = (90, 40, 140)
+        img, lab = synthetic_nuclei(rng)
         Image.fromarray(img).save(tmp_path / f"im{i}.png")
         Image.fromarray(lab).save(tmp_path / f"im{i}_lab.png")
         rows.append({"image": f"im{i}.png", "annotation": f"im{i}_lab.png", "mpp": 0.5,
