@@ -2,8 +2,8 @@
 files cannot go (a GPU machine is sent 64 MiB; MoNuSeg's TIFFs and XML alone are 107 MB).
 
 A pack (``.npz``) holds one item already at the model's resolution: the image as JPEG bytes
-(quality 95, no chroma subsampling: a 1000 px H&E image in ~0.6 MB instead of 3 MB), the instance labels, their classes
-and the annotated region, so reading it back needs only numpy and Pillow and repeats none of
+(quality 95, no chroma subsampling: a MoNuSeg item in 0.72 MB on average instead of 3 MB),
+the instance labels, their classes and the annotated region, so reading it back needs only numpy and Pillow and repeats none of
 the annotation parsing (watershed splits, XML rasterisation). A list entry whose ``image`` is a
 ``.npz`` is read from its pack (``data.load_item``).
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from tilesegcli.annotations import Annotation
+from tilesegcli.atomic import atomic_path
 from tilesegcli.errors import AnnotationError, UsageError
 
 PACK_SUFFIX = ".npz"
@@ -37,10 +38,8 @@ def write_pack(path: str | Path, name: str, image: np.ndarray, ann: Annotation, 
     if ann.roi is not None:
         arrays["roi"] = np.asarray(ann.roi, bool)
     p = Path(path)
-    tmp = p.with_name(p.name + ".part")
-    with open(tmp, "wb") as f:
+    with atomic_path(p) as tmp, open(tmp, "wb") as f:  # a file object: no ".npz" appended
         np.savez_compressed(f, **arrays)
-    tmp.replace(p)
     return p.stat().st_size
 
 
