@@ -42,8 +42,8 @@ def train(out_dir: Path, steps: int, minutes: float, extra: list[str], threads: 
     opts = {**SETTINGS, "train_list": ".gpu/train_list.json", "out_dir": str(out_dir),
             "steps": steps, "max_minutes": minutes, "threads": threads, "log_every": log_every}
     cmd = [sys.executable, "-m", "tilesegcli", "train", "--init-from", "aff-nuclei"]
-    for k, v in opts.items():
-        cmd += ["-O", f"{k}={v}"]
+    for k, v in opts.items():  # values as JSON (true, 0.0001), which -O parses
+        cmd += ["-O", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
     for e in extra:
         cmd += ["-O", e]
     print("+", " ".join(cmd), flush=True)
@@ -69,7 +69,8 @@ def main() -> None:
     ap.add_argument("-O", dest="extra", action="append", default=[],
                     help="more TrainConfig fields, e.g. -O lr=2e-4")
     a = ap.parse_args()
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(Path.cwd()), os.environ.get("PYTHONPATH", "")) if p)
     os.environ["PYTHONUNBUFFERED"] = "1"
     os.environ.setdefault("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE", "1")
     out = Path(os.environ.get("OUT") or "runs/gpu-out")
