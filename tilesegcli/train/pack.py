@@ -3,9 +3,9 @@ files cannot go (a GPU machine is sent 64 MiB; MoNuSeg's TIFFs and XML alone are
 
 A pack (``.npz``) holds one item already at the model's resolution: the image as JPEG bytes
 (quality 95, no chroma subsampling: a MoNuSeg item in 0.72 MB on average instead of 3 MB),
-the instance labels, their classes and the annotated region, so reading it back needs only numpy and Pillow and repeats none of
-the annotation parsing (watershed splits, XML rasterisation). A list entry whose ``image`` is a
-``.npz`` is read from its pack (``data.load_item``).
+the instance labels, their classes and the annotated region, so reading it back needs only numpy
+and Pillow and repeats none of the annotation parsing (watershed splits, XML rasterisation).
+A list entry whose ``image`` is a ``.npz`` is read from its pack (``data.load_item``).
 """
 
 from __future__ import annotations
