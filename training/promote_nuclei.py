@@ -13,10 +13,11 @@ card comes from those files; the weights are copied next to the card and their s
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 from pathlib import Path
+
+from tilesegcli.weights import sha256_file
 
 CARD = Path(__file__).resolve().parents[1] / "tilesegcli" / "models" / "aff-nuclei.json"
 KEEP = ("name", "task", "classes", "background", "licence")
@@ -68,9 +69,10 @@ def main() -> None:
     tmp = dst.with_suffix(".tmp")
     shutil.copyfile(src, tmp)
     tmp.replace(dst)
-    card["weights"] = dict(old["weights"], sha256=hashlib.sha256(dst.read_bytes()).hexdigest(),
-                           size=dst.stat().st_size)
-    a.out.write_text(json.dumps(card, indent=2) + "\n")
+    card["weights"] = dict(old["weights"], sha256=sha256_file(dst), size=dst.stat().st_size)
+    tmp_card = a.out.with_suffix(".tmp")
+    tmp_card.write_text(json.dumps(card, indent=2) + "\n")
+    tmp_card.replace(a.out)
     print(f"wrote {a.out} and {dst} (sha256 {card['weights']['sha256']})")
 
 
