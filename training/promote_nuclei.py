@@ -17,6 +17,7 @@ import json
 import shutil
 from pathlib import Path
 
+from tilesegcli.atomic import atomic_path
 from tilesegcli.weights import sha256_file
 
 CARD = Path(__file__).resolve().parents[1] / "tilesegcli" / "models" / "aff-nuclei.json"
@@ -66,13 +67,11 @@ def main() -> None:
 
     src = a.run_card.parent / new["weights"]["filename"]
     dst = a.out.parent / old["weights"]["filename"]
-    tmp = dst.with_suffix(".tmp")
-    shutil.copyfile(src, tmp)
-    tmp.replace(dst)
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
     card["weights"] = dict(old["weights"], sha256=sha256_file(dst), size=dst.stat().st_size)
-    tmp_card = a.out.with_suffix(".tmp")
-    tmp_card.write_text(json.dumps(card, indent=2) + "\n")
-    tmp_card.replace(a.out)
+    with atomic_path(a.out) as tmp:
+        tmp.write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {a.out} and {dst} (sha256 {card['weights']['sha256']})")
 
 
